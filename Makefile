@@ -1,0 +1,33 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make demo   set everything up, run the main job on the embedded default data
+#   make test   set everything up, lint, type-check and run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/deeplora complete --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+test: lint
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
+
+bench: $(STAMP)
+	$(BIN)/deeplora bench completion
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

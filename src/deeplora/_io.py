@@ -1,0 +1,89 @@
+"""Atomic file writes and the versioned safetensors + JSON format shared by every saved object.
+
+A file is written to a temporary name in the same folder and moved into place with
+``os.replace``, so a crash never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; move it into place on success."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+        yield f
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    with atomic_open(path) as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist; check the path or save it first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what}: {path} is not valid JSON ({e}); the file is corrupt") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: {path} should hold a JSON object; the file is corrupt")
+    return data
+
+
+def write_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+
+
+def read_tensors(path: str | os.PathLike[str], what: str) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist; check the path or save it first")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{what}: {path} is not a readable safetensors file ({e})") from e
+
+
+def check_version(meta: dict[str, Any], what: str, kind: str) -> None:
+    """Refuse files of another kind or a newer format than this library reads."""
+    if meta.get("kind") != kind:
+        raise ValueError(f"{what}: expected a '{kind}' file, found kind={meta.get('kind')!r}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{what}: format_version {version!r} is not supported (this deeplora reads up to "
+            f"{FORMAT_VERSION}); upgrade deeplora"
+        )

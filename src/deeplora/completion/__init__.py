@@ -1,0 +1,45 @@
+"""Deep overparameterized matrix completion, factorization and sensing (PAPER.md 1-3).
+
+>>> from deeplora.completion import Observations, CompressedConfig, complete
+>>> obs = Observations.from_csv("ratings.csv")                  # doctest: +SKIP
+>>> train, val = obs.split(0.1, seed=0)                         # doctest: +SKIP
+>>> model = complete(train, CompressedConfig(rank=8, patience=10), validation=val)  # doctest: +SKIP
+>>> model.predict(["user 1"], ["item 7"])                       # doctest: +SKIP
+"""
+
+from .baselines import LowRankModel, MeanBaseline, als, rmse, soft_impute
+from .compressed import CompressedConfig, CompressedSolver
+from .data import LowRankMatrix, Observations, load_movielens, random_low_rank, sample_entries
+from .fit import complete
+from .model import CompletionModel
+from .objectives import Completion, Factorization, Objective, Sensing
+from .solver import DivergenceError, FitResult, History, SolverConfig, relative_error
+from .wide import WideConfig, WideSolver
+
+__all__ = [
+    "Completion",
+    "CompletionModel",
+    "CompressedConfig",
+    "CompressedSolver",
+    "DivergenceError",
+    "Factorization",
+    "FitResult",
+    "History",
+    "LowRankMatrix",
+    "LowRankModel",
+    "MeanBaseline",
+    "Objective",
+    "Observations",
+    "Sensing",
+    "SolverConfig",
+    "WideConfig",
+    "WideSolver",
+    "als",
+    "complete",
+    "load_movielens",
+    "random_low_rank",
+    "relative_error",
+    "rmse",
+    "sample_entries",
+    "soft_impute",
+]

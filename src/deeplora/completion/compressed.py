@@ -1,0 +1,129 @@
+"""Compressed deep factorization: train only the 2 r_hat-wide slice that moves (PAPER.md 3).
+
+    f_c = UL1 @ Wt_L ... Wt_1 @ V11^T,   UL1: m x 2r_hat,  Wt_l: 2r_hat x 2r_hat,  V11: n x 2r_hat,
+    Wt_l(0) = eps * I,
+
+with ``(UL1, V11)`` read off the init gradient of the wide network (:mod:`deeplora.subspace`).
+Gradient descent updates the inner ``Wt_l`` with step ``lr`` and the outer ``UL1, V11`` with
+the discrepant step ``gamma * lr`` (section 3.1): ``gamma = 0`` reproduces the wide
+trajectory for factorization; completion needs ``gamma > 0`` (the paper's 0.01).
+
+``init="identity"`` (default) is our scalable form (PAPER.md 3.2): the basis comes from a
+truncated sparse SVD of ``E = grad_f l(eps^L J)``, and a completion step costs
+O(|Omega| r_hat + (m + n) r_hat^2 + L r_hat^3) without any m x n matrix. ``init="orthogonal"``
+follows the authors' dense construction from a random orthogonal wide init (small sizes).
+Problems with m > n are solved transposed (the basis needs m <= n); results come back in the
+original orientation.
+
+For square problems the slice is exactly invariant under factorization and the compressed
+trajectory is the wide one up to the constant eps^L remainder it drops. For m != n the
+paper's 2 r_hat slice is invariant only up to eps^L-sized terms (they shift the sharp
+transitions of incremental learning slightly); ``exact_basis=True`` closes the slice under
+``J^T J`` (at most 3 r_hat wide) and makes it exact again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..subspace import chain, chain_grads, compress_dense, compress_identity, top_singular
+from .data import LowRankMatrix, Observations
+from .objectives import Factorization
+from .solver import GradientDescent, SolverConfig
+from .wide import wide_init
+
+
+@dataclass(kw_only=True)
+class CompressedConfig(SolverConfig):
+    """Settings of the compressed network."""
+
+    rank: int  # r_hat >= r, the assumed rank; the trained slice is 2 r_hat wide
+    gamma: float | None = None  # outer step factor; None: 0 for factorization, else 0.01
+    init: Literal["identity", "orthogonal"] = "identity"  # sparse form or dense construction
+    width: int | None = None  # width of the wide network behind init="orthogonal"
+    exact_basis: bool = False  # m != n: close the slice so the wide trajectory is exact
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.gamma is not None and self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0 (or None for the default), got {self.gamma}")
+        if self.init not in ("identity", "orthogonal"):
+            raise ValueError(f"init must be 'identity' or 'orthogonal', got {self.init!r}")
+        if self.width is not None and self.init != "orthogonal":
+            raise ValueError("width applies only to init='orthogonal' (the dense construction)")
+
+
+class CompressedSolver(GradientDescent):
+    """Gradient descent on the compressed deep factorization."""
+
+    config: CompressedConfig
+
+    def __init__(
+        self,
+        problem: Any,
+        config: CompressedConfig,
+        *,
+        truth: LowRankMatrix | np.ndarray | torch.Tensor | None = None,
+        validation: Observations | None = None,
+    ) -> None:
+        super().__init__(problem, config, truth=truth, validation=validation)
+        m, n = self.shape
+        if not config.rank < min(m, n):
+            raise ValueError(
+                f"rank {config.rank} must be < min(m, n) = {min(m, n)} for a {m} x {n} "
+                "matrix; lower --rank"
+            )
+        self.gamma = config.gamma if config.gamma is not None else (
+            0.0 if isinstance(self.objective, Factorization) else 0.01)
+        self.transposed = m > n
+        self._obj = self.objective.transpose() if self.transposed else self.objective
+        dtype, eps, depth = config.torch_dtype, config.init_scale, config.depth
+        if config.init == "identity":
+            grad = self._obj.init_gradient(eps**depth)
+            u, _, v = top_singular(grad, config.rank, seed=config.seed)
+            left, right = compress_identity(
+                torch.from_numpy(np.ascontiguousarray(u)).double(),
+                torch.from_numpy(np.ascontiguousarray(v)).double(), self._obj.shape,
+                exact=config.exact_basis)
+        else:
+            weights = wide_init(self.shape, config.width or max(m, n), depth, eps,
+                                "orthogonal", config.seed, torch.float64)
+            if self.transposed:  # f^T = W_1^T ... W_L^T
+                weights = [w.T for w in reversed(weights)]
+            _, grad_f = self._obj.to(torch.float64).dense(chain(weights))
+            grad_first = chain_grads(weights, grad_f)[0]
+            left, right = compress_dense(weights, grad_first, config.rank, eps,
+                                         exact=config.exact_basis)
+        k = left.shape[1]
+        self.left = left.to(dtype).contiguous()
+        self.right = right.to(dtype).contiguous()
+        self.inner = [eps * torch.eye(k, dtype=dtype) for _ in range(depth)]
+
+    def step(self) -> float:
+        p = chain(self.inner)
+        a = self.left @ p
+        loss, r_right, rt_a = self._obj.low_rank(a, self.right)
+        grad_p = self.left.T @ r_right
+        grads = chain_grads(self.inner, grad_p)
+        step_outer = self.gamma * self.lr
+        if step_outer:
+            self.left.sub_(step_outer * (r_right @ p.T))
+            self.right.sub_(step_outer * rt_a)
+        for w, g in zip(self.inner, grads):
+            w.sub_(self.lr * g)
+        return float(loss)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.left @ chain(self.inner)
+        return (self.right, a) if self.transposed else (a, self.right)
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        params = {"left": self.left, "right": self.right}
+        params.update({f"inner{i + 1}": w for i, w in enumerate(self.inner)})
+        return params

@@ -1,0 +1,279 @@
+"""The three recovery problems of PAPER.md section 1 as losses of the end-to-end matrix f.
+
+Loss normalisation (one for all problems): the plain sum
+
+    l(f) = 1/2 * sum_k (<A_k, f> - y_k)^2,
+
+over observed entries (completion: ``A_k = e_i e_j^T``), all entries (factorization) or
+Gaussian measurements (sensing). The paper's code takes the mean over all m*n entries with
+step ``eta``; that is this loss with step ``eta / (m n)``, so the paper's ``eta = 5e-3 m n``
+is our ``lr = 5e-3``.
+
+Each objective gives the loss and its gradient ``R = grad_f l`` in two forms:
+
+- :meth:`Objective.dense` for a dense ``f`` (the wide network);
+- :meth:`Objective.low_rank` for ``f = A V^T`` given by its factors, returning ``R V`` and
+  ``R^T A``. For completion this never forms an m x n matrix: predictions on Omega are one
+  sampled dense-dense product (SDDMM) and ``R V``, ``R^T A`` two sparse-dense products
+  (SpMM) on CSR matrices, so a step costs O(|Omega| k).
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .data import LowRankMatrix, Observations
+
+# torch warns once that CSR support is "beta"; the operations used here are tested.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+class Objective(ABC):
+    """A loss of the end-to-end matrix ``f`` (m x n)."""
+
+    shape: tuple[int, int]
+
+    @abstractmethod
+    def dense(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, grad_f)`` for a dense ``f``."""
+
+    @abstractmethod
+    def low_rank(
+        self, a: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, R v, R^T a)`` for ``f = a v^T``, where ``R = grad_f l``."""
+
+    @abstractmethod
+    def init_gradient(self, scale: float) -> np.ndarray | sp.csr_matrix:
+        """``grad_f l`` at ``f = scale * J`` (J the m x n partial identity), as a dense
+        array or a scipy.sparse matrix."""
+
+    @abstractmethod
+    def transpose(self) -> Objective:
+        """The same problem for ``f^T``."""
+
+    @abstractmethod
+    def to(self, dtype: torch.dtype) -> Objective:
+        """A copy whose tensors have ``dtype``."""
+
+    @abstractmethod
+    def target_scale(self) -> float:
+        """An estimate of the top singular value of the target, for choosing a step."""
+
+    @property
+    @abstractmethod
+    def sampling_rate(self) -> float:
+        """How much of a rank-one change of f the loss sees (about |Omega|/(m n) for
+        uniformly sampled completion, 1 for factorization)."""
+
+
+# --------------------------------------------------------------------------- completion
+class Completion(Objective):
+    """``l = 1/2 sum_{(i,j) in Omega} (f_ij - Phi_ij)^2`` over observed entries."""
+
+    def __init__(self, obs: Observations, dtype: torch.dtype = torch.float64) -> None:
+        self.obs = obs
+        self.shape = obs.shape
+        self.dtype = dtype
+        m, n = obs.shape
+        order = np.lexsort((obs.cols, obs.rows))  # CSR order: by row, then column
+        rows, cols = obs.rows[order], obs.cols[order]
+        self.rows = torch.from_numpy(rows)
+        self.cols = torch.from_numpy(cols)
+        self.values = torch.from_numpy(obs.values[order]).to(dtype)
+        self._crow = _crow(rows, m)
+        # The transpose in CSR order: a permutation of the same entries.
+        order_t = np.lexsort((rows, cols))
+        self._perm_t = torch.from_numpy(order_t)
+        self._crow_t = _crow(cols[order_t], n)
+        self._col_t = torch.from_numpy(rows[order_t])
+        self._top: tuple[float, float] | None = None
+        self._pattern = torch.sparse_csr_tensor(
+            self._crow, self.cols, torch.zeros(len(rows), dtype=dtype), (m, n)
+        )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def predict(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(a v^T)_ij`` on Omega (in CSR order), one sampled product."""
+        return torch.sparse.sampled_addmm(self._pattern, a, v.T, beta=0.0).values()
+
+    def low_rank(
+        self, a: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        res = self.predict(a, v) - self.values
+        m, n = self.shape
+        r = torch.sparse_csr_tensor(self._crow, self.cols, res, (m, n))
+        r_t = torch.sparse_csr_tensor(self._crow_t, self._col_t, res[self._perm_t], (n, m))
+        return 0.5 * res.dot(res), r @ v, r_t @ a
+
+    def dense(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        res = f[self.rows, self.cols] - self.values
+        grad = torch.zeros_like(f)
+        grad[self.rows, self.cols] = res
+        return 0.5 * res.dot(res), grad
+
+    def init_gradient(self, scale: float) -> sp.csr_matrix:
+        rows, cols = self.rows.numpy(), self.cols.numpy()
+        res = np.where(rows == cols, scale, 0.0) - self.values.double().numpy()
+        return sp.csr_matrix((res, (rows, cols)), shape=self.shape)
+
+    def transpose(self) -> Completion:
+        return Completion(self.obs.transpose(), self.dtype)
+
+    def to(self, dtype: torch.dtype) -> Completion:
+        return self if dtype == self.dtype else Completion(self.obs, dtype)
+
+    def target_scale(self) -> float:
+        """``sigma_1(P_Omega(Phi)) / q`` with ``q = ||P_Omega(u v^T)||_F^2`` for the top
+        singular pair ``(u, v)`` of the observed matrix: how much of that direction the
+        samples see (``q = p`` for uniform sampling, larger where rows or columns are
+        observed unevenly)."""
+        q, s = self._top_direction()
+        return s / q
+
+    @property
+    def sampling_rate(self) -> float:  # type: ignore[override]
+        q, _ = self._top_direction()
+        return q
+
+    def _top_direction(self) -> tuple[float, float]:
+        if self._top is None:
+            from ..subspace import top_singular
+
+            u, s, v = top_singular(self.obs.to_scipy(), 1)
+            q = float(np.sum(u[self.obs.rows, 0] ** 2 * v[self.obs.cols, 0] ** 2))
+            self._top = (q, float(s[0]))
+        return self._top
+
+
+def _crow(sorted_rows: np.ndarray, m: int) -> torch.Tensor:
+    crow = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(np.bincount(sorted_rows, minlength=m), out=crow[1:])
+    return torch.from_numpy(crow)
+
+
+# --------------------------------------------------------------------------- factorization
+class Factorization(Objective):
+    """``l = 1/2 ||f - Phi||_F^2`` (every entry observed)."""
+
+    def __init__(self, target: torch.Tensor | np.ndarray | LowRankMatrix,
+                 dtype: torch.dtype = torch.float64) -> None:
+        if isinstance(target, LowRankMatrix):
+            target = target.to_dense()
+        self.target = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor)
+                                      else target).to(dtype)
+        if self.target.ndim != 2 or not torch.isfinite(self.target).all():
+            raise ValueError("the factorization target must be a finite 2-D matrix")
+        self.shape = (int(self.target.shape[0]), int(self.target.shape[1]))
+        self.dtype = dtype
+
+    @property
+    def sampling_rate(self) -> float:
+        return 1.0
+
+    def dense(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = f - self.target
+        return 0.5 * (r * r).sum(), r
+
+    def low_rank(
+        self, a: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, r = self.dense(a @ v.T)
+        return loss, r @ v, r.T @ a
+
+    def init_gradient(self, scale: float) -> np.ndarray:
+        m, n = self.shape
+        return (scale * torch.eye(m, n, dtype=torch.float64) - self.target.double()).numpy()
+
+    def transpose(self) -> Factorization:
+        return Factorization(self.target.T.contiguous(), self.dtype)
+
+    def to(self, dtype: torch.dtype) -> Factorization:
+        return self if dtype == self.dtype else Factorization(self.target, dtype)
+
+    def target_scale(self) -> float:
+        return float(torch.linalg.matrix_norm(self.target.double(), ord=2))
+
+
+# --------------------------------------------------------------------------- sensing
+class Sensing(Objective):
+    """``l = 1/2 sum_k (<A_k, f> - y_k)^2`` with measurement matrices ``A_k`` (N x m x n).
+
+    Dense and meant for small sizes: every step forms f and contracts it with all A_k.
+    """
+
+    def __init__(self, measurements: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
+                 dtype: torch.dtype = torch.float64) -> None:
+        a = torch.as_tensor(measurements).to(dtype)
+        yy = torch.as_tensor(y).to(dtype).reshape(-1)
+        if a.ndim != 3 or a.shape[0] != yy.shape[0]:
+            raise ValueError(
+                f"measurements must be (N, m, n) with N = len(y); got {tuple(a.shape)} and "
+                f"{yy.shape[0]} values"
+            )
+        self.a, self.y = a, yy
+        self.shape = (int(a.shape[1]), int(a.shape[2]))
+        self.dtype = dtype
+        self._flat = a.reshape(a.shape[0], -1)
+
+    @classmethod
+    def gaussian(cls, target: LowRankMatrix | np.ndarray, count: int, seed: int = 0,
+                 dtype: torch.dtype = torch.float64) -> Sensing:
+        """``count`` measurements with i.i.d. N(0, 1/count) entries of a known target."""
+        dense = target.to_dense() if isinstance(target, LowRankMatrix) else np.asarray(target)
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal((count, *dense.shape)) / np.sqrt(count)
+        return cls(a, np.einsum("kij,ij->k", a, dense), dtype)
+
+    @property
+    def sampling_rate(self) -> float:
+        return 1.0  # Gaussian measurements scaled by 1/sqrt(N) are near-isometric
+
+    def dense(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        res = self._flat @ f.reshape(-1) - self.y
+        return 0.5 * res.dot(res), (res @ self._flat).reshape(self.shape)
+
+    def low_rank(
+        self, a: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, r = self.dense(a @ v.T)
+        return loss, r @ v, r.T @ a
+
+    def init_gradient(self, scale: float) -> np.ndarray:
+        m, n = self.shape
+        _, r = self.to(torch.float64).dense(scale * torch.eye(m, n, dtype=torch.float64))
+        return r.numpy()
+
+    def transpose(self) -> Sensing:
+        return Sensing(self.a.transpose(1, 2), self.y, self.dtype)
+
+    def to(self, dtype: torch.dtype) -> Sensing:
+        return self if dtype == self.dtype else Sensing(self.a, self.y, dtype)
+
+    def target_scale(self) -> float:
+        _, g = self.to(torch.float64).dense(torch.zeros(self.shape, dtype=torch.float64))
+        return float(torch.linalg.matrix_norm(g, ord=2))
+
+
+def make_objective(problem: Any, dtype: torch.dtype = torch.float64) -> Objective:
+    """An :class:`Objective` from observations (completion), a dense or low-rank matrix
+    (factorization), or an objective itself."""
+    if isinstance(problem, Objective):
+        return problem.to(dtype)
+    if isinstance(problem, Observations):
+        return Completion(problem, dtype)
+    if isinstance(problem, (np.ndarray, torch.Tensor, LowRankMatrix)):
+        return Factorization(problem, dtype)
+    raise TypeError(
+        f"cannot fit a {type(problem).__name__}: give Observations (completion), a matrix "
+        "(factorization) or an Objective"
+    )

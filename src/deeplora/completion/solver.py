@@ -1,0 +1,370 @@
+"""Full-batch gradient descent shared by the wide and the compressed deep factorization:
+the configuration, the loop with its stopping rules, divergence guard, progress bar, history
+and checkpoints.
+
+Stopping rules, checked every ``eval_every`` steps (and at the last step):
+
+- ``max_steps`` reached;
+- ``tol``: relative training residual ``||P(f - Phi)|| / ||P(Phi)|| <= tol``;
+- ``target_error``: relative error ``||f - Phi||_F / ||Phi||_F <= target_error`` (needs the
+  truth);
+- ``patience``: validation RMSE has not improved for that many evaluations; the factors of
+  the best evaluation are restored (noisy real data must not be over-fit silently).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._io import (
+    FORMAT_VERSION,
+    check_version,
+    read_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
+from .data import LowRankMatrix, Observations
+from .objectives import Objective, make_objective
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class DivergenceError(RuntimeError):
+    """Gradient descent blew up: the step is too large for this problem."""
+
+
+@dataclass(kw_only=True)
+class SolverConfig:
+    """Settings shared by the wide and the compressed solver (defaults: the paper's)."""
+
+    depth: int = 3  # L, number of factors; the paper's default is 3
+    init_scale: float = 1e-3  # eps: every factor starts as eps times an orthogonal matrix
+    lr: float | None = None  # step on the plain-sum loss; None: lr_factor / curvature estimate
+    lr_factor: float = 1.0  # the automatic step is lr_factor / (p L s^(2 - 2/L))
+    max_steps: int = 20_000  # step budget
+    tol: float = 0.0  # stop when the relative training residual is <= tol
+    target_error: float | None = None  # stop when the relative error to the truth is <= this
+    patience: int | None = None  # stop after this many evaluations without a better val RMSE
+    eval_every: int = 50  # steps between evaluations (history rows, stopping checks)
+    blowup: float = 1e4  # a loss above blowup * initial loss counts as divergence
+    dtype: Literal["float32", "float64"] = "float64"
+    seed: int = 0  # every random choice (init, SVD start vector)
+    progress: bool = True  # tqdm progress bar (also off when not a terminal)
+
+    def __post_init__(self) -> None:
+        _check(self.depth >= 2, f"depth must be >= 2 (a product of factors), got {self.depth}")
+        _check(self.init_scale > 0, f"init_scale must be > 0, got {self.init_scale}")
+        _check(self.lr is None or self.lr > 0, f"lr must be > 0 (or None for auto), got {self.lr}")
+        _check(self.lr_factor > 0, f"lr_factor must be > 0, got {self.lr_factor}")
+        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
+        _check(self.target_error is None or self.target_error > 0,
+               f"target_error must be > 0, got {self.target_error}")
+        _check(self.patience is None or self.patience >= 1,
+               f"patience must be >= 1 evaluation, got {self.patience}")
+        _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        _check(self.blowup > 1, f"blowup must be > 1, got {self.blowup}")
+        _check(self.dtype in DTYPES, f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def auto_lr(objective: Objective, depth: int, factor: float = 1.0) -> float:
+    """``factor / (p L s^(2 - 2/L))``: the inverse of the largest curvature of the loss at a
+    balanced solution, where ``s`` estimates the target's top singular value and ``p`` is the
+    sampling rate. Gradient descent is stable below twice that."""
+    s = objective.target_scale()
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError("the target is zero: there is nothing to fit")
+    return factor / (objective.sampling_rate * depth * s ** (2 - 2 / depth))
+
+
+@dataclass
+class History:
+    """One row per evaluation."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    train_rmse: list[float] = field(default_factory=list)
+    val_rmse: list[float] = field(default_factory=list)
+    rel_error: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def append(self, **row: float) -> None:
+        for key, value in row.items():
+            getattr(self, key).append(value)
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[Any]]) -> History:
+        return cls(**{k: list(v) for k, v in data.items()})
+
+    def first_step_below(self, error: float) -> int | None:
+        """The first recorded step whose relative error is <= ``error``."""
+        for s, e in zip(self.step, self.rel_error):
+            if e <= error:
+                return s
+        return None
+
+
+@dataclass
+class FitResult:
+    """What a run returns: the end-to-end matrix ``left @ right.T`` as factors (in the
+    problem's orientation), the history and why it stopped."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    history: History
+    stopped: str
+    steps: int
+    lr: float
+
+
+def relative_error(left: torch.Tensor, right: torch.Tensor,
+                   truth: LowRankMatrix | np.ndarray | torch.Tensor) -> float:
+    """``||left right^T - Phi||_F / ||Phi||_F``; from small Gram matrices when the truth is
+    low rank, never forming m x n matrices."""
+    a, v = left.double(), right.double()
+    if isinstance(truth, LowRankMatrix):
+        x = torch.from_numpy(truth.left).double()
+        y = torch.from_numpy(truth.right).double()
+        ff = ((a.T @ a) * (v.T @ v)).sum()
+        fp = ((x.T @ a) * (y.T @ v)).sum()
+        pp = ((x.T @ x) * (y.T @ y)).sum()
+        diff2 = (ff - 2 * fp + pp).clamp(min=0)
+        return float(diff2.sqrt() / pp.sqrt())
+    t = torch.as_tensor(np.asarray(truth) if not isinstance(truth, torch.Tensor) else truth)
+    t = t.double()
+    return float(torch.linalg.matrix_norm(a @ v.T - t) / torch.linalg.matrix_norm(t))
+
+
+class GradientDescent(ABC):
+    """A deep factorization trained by full-batch gradient descent on an :class:`Objective`.
+
+    Subclasses hold the parameters and implement :meth:`step` and :meth:`factors`.
+    """
+
+    config: SolverConfig
+
+    def __init__(
+        self,
+        problem: Any,
+        config: SolverConfig,
+        *,
+        truth: LowRankMatrix | np.ndarray | torch.Tensor | None = None,
+        validation: Observations | None = None,
+    ) -> None:
+        self.config = config
+        self.objective = make_objective(problem, config.torch_dtype)
+        self.shape = self.objective.shape
+        self.truth = truth
+        self.validation = validation
+        if truth is not None and tuple(truth.shape) != self.shape:
+            raise ValueError(f"truth has shape {tuple(truth.shape)}, the problem {self.shape}")
+        if validation is not None and validation.shape != self.shape:
+            raise ValueError(
+                f"validation entries are for shape {validation.shape}, the problem is "
+                f"{self.shape}; split both from the same Observations"
+            )
+        self.lr = config.lr if config.lr is not None else auto_lr(
+            self.objective, config.depth, config.lr_factor)
+        self.t = 0
+        self.history = History()
+        self._initial_loss: float | None = None
+        self._ref_norm = self._reference_norm()
+        self._best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self._since_best = 0
+        self._elapsed = 0.0
+
+    # ---------------------------------------------------------------- to implement
+    @abstractmethod
+    def step(self) -> float:
+        """One gradient-descent step; returns the loss before it."""
+
+    @abstractmethod
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(left, right)`` with end-to-end ``f = left @ right.T`` (m x k, n x k)."""
+
+    @abstractmethod
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor by name (the state a checkpoint holds)."""
+
+    # ---------------------------------------------------------------- shared
+    def end_to_end(self) -> torch.Tensor:
+        """The dense m x n end-to-end matrix (small problems only)."""
+        left, right = self.factors()
+        return left @ right.T
+
+    def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        left, right = self.factors()
+        r, c = torch.as_tensor(rows), torch.as_tensor(cols)
+        return (left[r] * right[c]).sum(1).double().numpy()
+
+    def _reference_norm(self) -> float:
+        from .objectives import Completion
+
+        if isinstance(self.objective, Completion):
+            return float(self.objective.values.double().norm())
+        zero = torch.zeros(self.shape[0], 1, dtype=self.config.torch_dtype)
+        loss, _, _ = self.objective.low_rank(zero, torch.zeros(self.shape[1], 1,
+                                                               dtype=zero.dtype))
+        return math.sqrt(2 * float(loss))
+
+    def _guard(self, loss: float) -> None:
+        if self._initial_loss is None:
+            self._initial_loss = max(loss, 1e-300)
+        if not math.isfinite(loss) or loss > self.config.blowup * self._initial_loss:
+            raise DivergenceError(
+                f"gradient descent diverged at step {self.t} (loss {loss:.3g}, started at "
+                f"{self._initial_loss:.3g}) with lr={self.lr:.3g}; lower the step, e.g. "
+                f"lr={self.lr / 4:.3g} (--lr {self.lr / 4:.3g})"
+            )
+
+    def evaluate(self, loss: float) -> dict[str, float]:
+        from .objectives import Completion
+
+        row = {"step": float(self.t), "loss": loss, "seconds": self._elapsed}
+        count = len(self.objective) if isinstance(self.objective, Completion) else math.prod(
+            self.shape)
+        row["train_rmse"] = math.sqrt(2 * loss / count)
+        row["val_rmse"] = math.nan
+        row["rel_error"] = math.nan
+        if self.validation is not None:
+            pred = self.predict(self.validation.rows, self.validation.cols)
+            row["val_rmse"] = float(np.sqrt(np.mean((pred - self.validation.values) ** 2)))
+        if self.truth is not None:
+            left, right = self.factors()
+            row["rel_error"] = relative_error(left, right, self.truth)
+        return row
+
+    def run(
+        self,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 1000,
+        resume: bool = False,
+    ) -> FitResult:
+        """Iterate until a stopping rule fires (see the module docstring).
+
+        With ``checkpoint``, the state is written there atomically every
+        ``checkpoint_every`` steps; ``resume=True`` continues from it, and the run ends as an
+        uninterrupted one would.
+        """
+        cfg = self.config
+        if resume and checkpoint is not None and Path(checkpoint).is_dir():
+            self.load_checkpoint(checkpoint)
+        bar = tqdm(total=cfg.max_steps, initial=self.t, disable=not cfg.progress or None,
+                   desc=type(self).__name__, unit="step", dynamic_ncols=True)
+        stopped = "max_steps"
+        try:
+            while self.t < cfg.max_steps:
+                start = time.perf_counter()
+                loss = self.step()
+                self._elapsed += time.perf_counter() - start
+                self._guard(loss)
+                self.t += 1
+                bar.update(1)
+                if self.t % cfg.eval_every == 0 or self.t == cfg.max_steps or self.t == 1:
+                    row = self.evaluate(loss)
+                    self.history.append(**row)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()
+                                     if k in ("train_rmse", "val_rmse", "rel_error")
+                                     and not math.isnan(v)})
+                    reason = self._should_stop(row)
+                    if reason:
+                        stopped = reason
+                        break
+                if checkpoint is not None and self.t % checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint)
+        finally:
+            bar.close()
+        if self._best is not None and stopped in ("patience", "max_steps"):
+            self._restore(self._best[1])
+        if checkpoint is not None:
+            self.save_checkpoint(checkpoint)
+        left, right = self.factors()
+        return FitResult(left.detach().clone(), right.detach().clone(), self.history, stopped,
+                         self.t, self.lr)
+
+    def _should_stop(self, row: dict[str, float]) -> str | None:
+        cfg = self.config
+        if cfg.tol > 0 and math.sqrt(2 * row["loss"]) <= cfg.tol * self._ref_norm:
+            return "tol"
+        if cfg.target_error is not None and row["rel_error"] <= cfg.target_error:
+            return "target_error"
+        if self.validation is not None and not math.isnan(row["val_rmse"]):
+            if self._best is None or row["val_rmse"] < self._best[0]:
+                self._best = (row["val_rmse"],
+                              {k: v.clone() for k, v in self.parameters().items()})
+                self._since_best = 0
+            else:
+                self._since_best += 1
+                if cfg.patience is not None and self._since_best >= cfg.patience:
+                    return "patience"
+        return None
+
+    def _restore(self, params: dict[str, torch.Tensor]) -> None:
+        for name, value in params.items():
+            self.parameters()[name].copy_(value)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, folder: str | os.PathLike[str]) -> None:
+        """Parameters, best-so-far parameters and history, written atomically."""
+        folder = Path(folder)
+        tensors = {f"param.{k}": v for k, v in self.parameters().items()}
+        if self._best is not None:
+            tensors.update({f"best.{k}": v for k, v in self._best[1].items()})
+        write_tensors(folder / "state.safetensors", tensors)
+        write_json(folder / "state.json", {
+            "kind": "deeplora.checkpoint", "format_version": FORMAT_VERSION,
+            "solver": type(self).__name__, "config": asdict(self.config), "step": self.t,
+            "lr": self.lr, "elapsed": self._elapsed, "initial_loss": self._initial_loss,
+            "best_val": None if self._best is None else self._best[0],
+            "since_best": self._since_best, "history": self.history.to_dict(),
+        })
+
+    def load_checkpoint(self, folder: str | os.PathLike[str]) -> None:
+        folder = Path(folder)
+        meta = read_json(folder / "state.json", "checkpoint")
+        check_version(meta, "checkpoint", "deeplora.checkpoint")
+        free = ("max_steps", "progress")  # a run may be extended or watched differently
+        saved = {k: v for k, v in meta["config"].items() if k not in free}
+        mine = {k: v for k, v in asdict(self.config).items() if k not in free}
+        if meta["solver"] != type(self).__name__ or saved != mine:
+            raise ValueError(
+                f"checkpoint in {folder} was written by {meta['solver']} with other settings; "
+                "resume with the same settings or use a new checkpoint folder"
+            )
+        tensors = read_tensors(folder / "state.safetensors", "checkpoint")
+        params = self.parameters()
+        for name, value in params.items():
+            saved = tensors.get(f"param.{name}")
+            if saved is None or saved.shape != value.shape:
+                raise ValueError(f"checkpoint in {folder} does not match this problem ({name})")
+            value.copy_(saved)
+        if meta["best_val"] is not None:
+            self._best = (meta["best_val"], {k: tensors[f"best.{k}"] for k in params})
+        self.t, self.lr = meta["step"], meta["lr"]
+        self._elapsed, self._initial_loss = meta["elapsed"], meta["initial_loss"]
+        self._since_best = meta["since_best"]
+        self.history = History.from_dict(meta["history"])

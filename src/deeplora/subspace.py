@@ -1,0 +1,218 @@
+"""The shared math of the paper: eps-orthogonal init, chains of factors, the 2r_hat basis
+read off the init gradient, principal angles and effective rank.
+
+Reference: Yaras, Wang, Balzano, Qu, "Compressible Dynamics in Deep Overparameterized
+Low-Rank Learning & Adaptation", ICML 2024 (arXiv 2406.04112), sections 2-3.
+
+Factors are kept in the order they act: ``factors = [W_1, ..., W_L]`` and the end-to-end
+map is ``chain(factors) = W_L ... W_2 W_1``.
+
+Theorem (section 2): with ``W_l(0) = eps * orthogonal`` and gradient descent on a rank-r
+problem, ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T`` for fixed orthonormal ``U_l, V_l``: only a
+2r-dimensional slice of each layer moves. :func:`compress_dense` (section 3.1) and
+:func:`compress_identity` (our sparse form, PAPER.md 3.2) build the outer bases of that slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.linalg import svds
+
+Init = Literal["orthogonal", "identity"]
+
+
+def eps_orthogonal(
+    rows: int,
+    cols: int,
+    eps: float,
+    *,
+    init: Init = "orthogonal",
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """``eps`` times a (semi-)orthogonal ``rows x cols`` matrix.
+
+    ``init="orthogonal"``: Haar-random, from the QR of a Gaussian matrix (sign-corrected).
+    ``init="identity"``: the partial identity, cut or padded to the shape.
+    """
+    if init == "identity":
+        return eps * torch.eye(rows, cols, dtype=dtype)
+    if init != "orthogonal":
+        raise ValueError(f"init must be 'orthogonal' or 'identity', got {init!r}")
+    big, small = max(rows, cols), min(rows, cols)
+    g = torch.randn(big, small, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+    q = q if rows >= cols else q.T
+    return (eps * q).to(dtype)
+
+
+def chain(factors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """End-to-end product ``W_L ... W_1`` of ``factors = [W_1, ..., W_L]``."""
+    out = factors[0]
+    for w in factors[1:]:
+        out = w @ out
+    return out
+
+
+def chain_grads(factors: Sequence[torch.Tensor], grad_out: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients of ``<grad_out, W_L ... W_1>`` with respect to each ``W_l``.
+
+    ``dW_l = (W_L ... W_{l+1})^T grad_out (W_{l-1} ... W_1)^T``, from prefix and suffix
+    products, so the cost is O(L) matrix products.
+    """
+    n = len(factors)
+    # prefix[l] = W_l ... W_1 (prefix[0] is None: the identity)
+    prefix: list[torch.Tensor | None] = [None] * (n + 1)
+    for i, w in enumerate(factors):
+        prev = prefix[i]
+        prefix[i + 1] = w if prev is None else w @ prev
+    grads: list[torch.Tensor] = [grad_out] * n
+    left = grad_out  # (W_L ... W_{l+1})^T grad_out
+    for i in range(n - 1, -1, -1):
+        before = prefix[i]
+        grads[i] = left if before is None else left @ before.T
+        left = factors[i].T @ left
+    return grads
+
+
+def orth(m: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis with as many columns as ``m`` that contains the span of ``m``.
+
+    Householder QR returns orthonormal columns even when ``m`` is rank deficient (then the
+    extra columns complete the span with arbitrary orthogonal directions).
+    """
+    return torch.linalg.qr(m).Q
+
+
+def top_singular(
+    matrix: torch.Tensor | np.ndarray | sp.spmatrix | sp.sparray,
+    k: int,
+    *,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top-``k`` singular triplets ``(U, S, V)`` of a dense or scipy.sparse matrix.
+
+    Sparse matrices use Lanczos (ARPACK) with cost O(nnz * k) per iteration and a seeded start
+    vector; small or dense ones a full SVD. Singular values come in descending order.
+    """
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().numpy()
+    m, n = matrix.shape
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    small = min(m, n) <= max(64, 3 * k) or m * n <= 250_000
+    if small or not sp.issparse(matrix):
+        dense = sp.csr_matrix(matrix).toarray() if sp.issparse(matrix) else np.asarray(matrix)
+        u, s, vt = np.linalg.svd(dense, full_matrices=False)
+        return u[:, :k], s[:k], vt[:k].T
+    rng = np.random.default_rng(seed)
+    v0 = rng.standard_normal(min(m, n))
+    u, s, vt = svds(sp.csr_matrix(matrix), k=k, v0=v0, tol=0, return_singular_vectors=True)
+    order = np.argsort(s)[::-1]
+    return u[:, order], s[order], vt[order].T
+
+
+def compress_dense(
+    factors: Sequence[torch.Tensor],
+    grad_first: torch.Tensor,
+    r_hat: int,
+    eps: float,
+    *,
+    exact: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outer bases ``(UL1, V11)`` of the compressed network from the wide init (section 3.1).
+
+    ``G = grad_{W_1} l(Theta(0)) = U_G S V_G^T``;
+    ``V11 = orth([V_G[:, :r_hat], W_1(0)^T U_G[:, :r_hat] / eps])`` (n x 2 r_hat);
+    ``UL1 = f(Theta(0)) V11 / eps^L`` (m x 2 r_hat).
+    The compressed network is ``UL1 Wt_L ... Wt_1 V11^T`` with every ``Wt_l(0) = eps I``.
+
+    ``exact=True`` also adds ``Q^T Q V_G`` (``Q = f(Theta(0)) / eps^L``), closing the slice
+    under the projection ``Q^T Q``: for ``m < n`` the slice is then exactly invariant (up to
+    3 r_hat wide) instead of approximately; for square problems ``Q^T Q = I`` and nothing
+    changes.
+    """
+    u, _, v = top_singular(grad_first, r_hat)
+    ug = torch.as_tensor(u, dtype=grad_first.dtype)
+    vg = torch.as_tensor(v, dtype=grad_first.dtype)
+    q = chain(factors) / eps ** len(factors)
+    columns = [vg, factors[0].T @ ug / eps]
+    if exact and q.shape[0] < q.shape[1]:
+        columns.append(q.T @ (q @ vg))
+    right = orth(torch.cat(columns, dim=1))
+    return q @ right, right
+
+
+def compress_identity(
+    u_e: torch.Tensor, v_e: torch.Tensor, shape: tuple[int, int], *, exact: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outer bases for the partial-identity init, without any dense m x n matrix (PAPER.md 3.2).
+
+    With ``W_l(0) = eps * I`` (cut or padded), ``f(0) = eps^L J`` and the init gradient of
+    ``W_1`` is ``E = grad_f l(f(0))`` padded with zero rows. For ``m <= n``:
+    ``V11 = orth([V_E, J^T U_E])`` and ``UL1 = J V11``, where ``U_E, V_E`` are the top
+    ``r_hat`` singular vectors of ``E``. Problems with ``m > n`` must be transposed first.
+
+    ``exact=True`` adds ``J^T J V_E`` (the first m coordinates of ``V_E``): the slice is then
+    closed under ``J^T J`` and the wide trajectory is reproduced exactly for ``m < n`` too,
+    at up to 3 r_hat columns (see :func:`compress_dense`).
+    """
+    m, n = shape
+    if m > n:
+        raise ValueError(f"compress_identity needs m <= n (got {m} x {n}); transpose the problem")
+    padded = torch.zeros(n, u_e.shape[1], dtype=u_e.dtype)
+    padded[:m] = u_e
+    columns = [v_e, padded]
+    if exact and m < n:
+        head = torch.zeros_like(v_e)
+        head[:m] = v_e[:m]
+        columns.append(head)
+    right = orth(torch.cat(columns, dim=1))
+    return right[:m].clone(), right
+
+
+def principal_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosines of the principal angles between ``span(a)`` and ``span(b)``, descending.
+
+    Both are orthonormalised first; the cosines are the singular values of ``Qa^T Qb``.
+    """
+    qa, qb = torch.linalg.qr(a).Q, torch.linalg.qr(b).Q
+    return torch.linalg.svdvals(qa.T @ qb).clamp(max=1.0)
+
+
+def effective_rank(
+    singular_values: torch.Tensor | np.ndarray,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    energy: float | None = None,
+) -> int:
+    """Effective rank of a matrix from its singular values (descending or not).
+
+    Exactly one criterion: ``atol`` counts ``s_i > atol``; ``rtol`` counts ``s_i > rtol * s_1``;
+    ``energy`` is the least k with ``sum_{i<=k} s_i^2 >= energy * sum_i s_i^2`` (0 for a
+    zero matrix).
+    """
+    s = np.sort(np.abs(np.asarray(singular_values, dtype=np.float64)))[::-1]
+    given = [x is not None for x in (atol, rtol, energy)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of atol, rtol or energy")
+    if atol is not None:
+        return int((s > atol).sum())
+    if rtol is not None:
+        return 0 if s.size == 0 or s[0] == 0 else int((s > rtol * s[0]).sum())
+    assert energy is not None
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    total = float((s**2).sum())
+    if total == 0:
+        return 0
+    cum = np.cumsum(s**2) / total
+    cum[-1] = 1.0  # no rounding below the whole energy
+    return int(np.searchsorted(cum, energy) + 1)

@@ -1,0 +1,189 @@
+"""The wide and compressed solvers: same trajectories, correct gradients, recovery, gamma."""
+
+import numpy as np
+import pytest
+import torch
+
+from deeplora.completion import (
+    Completion,
+    CompressedConfig,
+    CompressedSolver,
+    DivergenceError,
+    Factorization,
+    Sensing,
+    WideConfig,
+    WideSolver,
+    random_low_rank,
+    sample_entries,
+)
+from deeplora.subspace import chain
+
+
+def _max_trajectory_gap(problem, target, steps, rank, init="identity", exact=False):
+    """max_t ||f_c(t) - f_wide(t)||_F / ||Phi||_F over every step, and the final error."""
+    wide = WideSolver(problem, WideConfig(init=init, lr_factor=1.5, progress=False, seed=3))
+    comp = CompressedSolver(problem, CompressedConfig(
+        rank=rank, lr=wide.lr, init=init, exact_basis=exact, progress=False, seed=3))
+    norm = np.linalg.norm(target)
+    gap = 0.0
+    for _ in range(steps):
+        wide.step()
+        comp.step()
+        gap = max(gap, float((wide.end_to_end() - comp.end_to_end()).norm()) / norm)
+    error = float(np.linalg.norm(comp.end_to_end().numpy() - target) / norm)
+    return gap, error
+
+
+@pytest.mark.parametrize("init", ["identity", "orthogonal"])
+def test_square_factorization_follows_the_wide_trajectory(init):
+    """Theorem (section 2): only the 2r-wide slice moves, so gamma = 0 gives the wide run."""
+    target = random_low_rank(16, 16, 2, seed=1).to_dense()
+    gap, error = _max_trajectory_gap(target, target, 12_000, rank=2, init=init)
+    assert error < 1e-6  # the run went all the way: every singular value was learned
+    assert gap <= 1e-6
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
+@pytest.mark.parametrize("init", ["identity", "orthogonal"])
+def test_rectangular_factorization_follows_the_wide_trajectory(shape, init):
+    """m != n (both orientations): with the slice closed under J^T J the match is exact."""
+    target = random_low_rank(*shape, 2, seed=1).to_dense()
+    gap, error = _max_trajectory_gap(target, target, 12_000, rank=2, init=init, exact=True)
+    assert error < 1e-6
+    assert gap <= 1e-6
+
+
+def test_rectangular_paper_basis_is_close_and_reaches_the_same_matrix():
+    """The paper's 2 r_hat slice is invariant only up to eps^L-sized terms for m != n."""
+    target = random_low_rank(12, 20, 2, seed=1).to_dense()
+    gap, error = _max_trajectory_gap(target, target, 12_000, rank=2)
+    assert error < 1e-6
+    assert gap <= 1e-3
+
+
+def test_compressed_step_is_gradient_descent_on_the_compressed_network():
+    """Every update equals -lr (inner) or -gamma*lr (outer) times the autograd gradient."""
+    target = random_low_rank(15, 25, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    solver = CompressedSolver(obs, CompressedConfig(rank=3, gamma=0.5, lr=1e-2,
+                                                    progress=False))
+    for _ in range(300):  # leave the init so that every gradient is sizeable
+        solver.step()
+    before = {k: v.clone().requires_grad_(True) for k, v in solver.parameters().items()}
+    inner = [before[f"inner{i + 1}"] for i in range(3)]
+    f = before["left"] @ chain(inner) @ before["right"].T
+    rows, cols = torch.from_numpy(obs.rows), torch.from_numpy(obs.cols)
+    loss = 0.5 * ((f[rows, cols] - torch.from_numpy(obs.values)) ** 2).sum()
+    loss.backward()
+    reported = solver.step()
+    assert reported == pytest.approx(loss.item(), rel=1e-12)
+    for name, after in solver.parameters().items():
+        step = solver.lr * (solver.gamma if name in ("left", "right") else 1.0)
+        torch.testing.assert_close((before[name].detach() - after) / step, before[name].grad,
+                                   rtol=1e-7, atol=1e-12)
+
+
+def test_sparse_completion_equals_dense_computation():
+    target = random_low_rank(30, 45, 3, seed=2)
+    obs = sample_entries(target, fraction=0.3, seed=1)
+    objective = Completion(obs)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 6, generator=gen, dtype=torch.float64)
+    v = torch.randn(45, 6, generator=gen, dtype=torch.float64)
+    loss, rv, rta = objective.low_rank(a, v)
+    loss_d, r = objective.dense(a @ v.T)
+    torch.testing.assert_close(loss, loss_d)
+    torch.testing.assert_close(rv, r @ v)
+    torch.testing.assert_close(rta, r.T @ a)
+    f32 = objective.to(torch.float32)
+    loss32, _, _ = f32.low_rank(a.float(), v.float())
+    assert loss32.dtype == torch.float32
+    assert float(loss32) == pytest.approx(float(loss), rel=1e-4)
+
+
+def test_completion_recovers_with_gamma_and_stalls_without():
+    """gamma > 0 lets the outer bases turn towards the truth; gamma = 0 keeps the basis of
+    the init gradient, which for completion is not the target's subspace (PAPER.md 3.1)."""
+    target = random_low_rank(40, 40, 2, seed=0)
+    obs = sample_entries(target, fraction=0.35, seed=0)
+    cfg = CompressedConfig(rank=2, gamma=0.01, max_steps=30_000, target_error=1e-5,
+                           eval_every=100, progress=False)
+    moving = CompressedSolver(obs, cfg, truth=target).run()
+    assert moving.stopped == "target_error"
+    assert moving.history.rel_error[-1] <= 1e-4
+    cfg = CompressedConfig(rank=2, gamma=0.0, max_steps=moving.steps, eval_every=100,
+                           progress=False)
+    frozen = CompressedSolver(obs, cfg, truth=target).run()  # the same step budget
+    assert frozen.history.rel_error[-1] > 0.1
+
+
+def test_wide_completion_and_sensing_recover_small_problems():
+    target = random_low_rank(12, 12, 1, seed=0)
+    obs = sample_entries(target, fraction=0.6, seed=0)
+    res = WideSolver(obs, WideConfig(max_steps=20_000, target_error=1e-4, progress=False),
+                     truth=target).run()
+    assert res.history.rel_error[-1] <= 1e-4
+    sensing = Sensing.gaussian(target, count=60, seed=0)
+    res = WideSolver(sensing, WideConfig(max_steps=20_000, target_error=1e-4, progress=False),
+                     truth=target).run()
+    assert res.history.rel_error[-1] <= 1e-4
+
+
+def test_float32_compressed_completion():
+    target = random_low_rank(40, 50, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    cfg = CompressedConfig(rank=2, dtype="float32", max_steps=30_000, target_error=1e-4,
+                           eval_every=100, progress=False)
+    res = CompressedSolver(obs, cfg, truth=target).run()
+    assert res.left.dtype == torch.float32
+    assert res.history.rel_error[-1] <= 1e-4
+
+
+def test_divergence_stops_with_a_message_naming_the_step():
+    target = random_low_rank(20, 20, 2, seed=0).to_dense()
+    solver = CompressedSolver(Factorization(target), CompressedConfig(rank=2, lr=5.0,
+                                                                      progress=False))
+    with pytest.raises(DivergenceError, match=r"lower the step, e\.g\. lr=1\.25"):
+        solver.run()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: CompressedConfig(rank=0), "rank must be >= 1"),
+        (lambda: CompressedConfig(rank=2, depth=1), "depth must be >= 2"),
+        (lambda: CompressedConfig(rank=2, init_scale=0), "init_scale must be > 0"),
+        (lambda: CompressedConfig(rank=2, lr=-1), "lr must be > 0"),
+        (lambda: CompressedConfig(rank=2, gamma=-0.1), "gamma must be >= 0"),
+        (lambda: WideConfig(width=0), "width must be >= 1"),
+        (lambda: WideConfig(dtype="float16"), "dtype"),
+    ],
+)
+def test_bad_settings_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_rank_must_be_below_the_smaller_dimension():
+    obs = sample_entries(random_low_rank(5, 8, 1), fraction=0.5)
+    with pytest.raises(ValueError, match=r"rank 5 must be < min\(m, n\) = 5"):
+        CompressedSolver(obs, CompressedConfig(rank=5, progress=False))
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path):
+    target = random_low_rank(30, 30, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    train, val = obs.split(0.2, seed=0)
+
+    def config(max_steps):
+        return CompressedConfig(rank=2, max_steps=max_steps, eval_every=50, patience=1000,
+                                progress=False)
+
+    full = CompressedSolver(train, config(1200), validation=val).run()
+    first = CompressedSolver(train, config(500), validation=val)  # as if killed at step 500
+    first.run(checkpoint=tmp_path / "ckpt", checkpoint_every=100)
+    resumed = CompressedSolver(train, config(1200), validation=val).run(
+        checkpoint=tmp_path / "ckpt", resume=True)
+    assert resumed.steps == full.steps == 1200
+    torch.testing.assert_close(resumed.left, full.left, rtol=0, atol=0)
+    assert resumed.history.val_rmse == full.history.val_rmse

@@ -1,0 +1,99 @@
+"""The shared math: init, chain gradients, the compressed bases, angles, effective rank."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from deeplora.subspace import (
+    chain,
+    chain_grads,
+    compress_dense,
+    compress_identity,
+    effective_rank,
+    eps_orthogonal,
+    principal_cosines,
+    top_singular,
+)
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (7, 3), (3, 7)])
+def test_eps_orthogonal_is_scaled_semi_orthogonal(shape):
+    w = eps_orthogonal(*shape, 1e-3, generator=torch.Generator().manual_seed(0))
+    small = min(shape)
+    gram = w.T @ w if shape[0] >= shape[1] else w @ w.T
+    torch.testing.assert_close(gram, 1e-6 * torch.eye(small, dtype=w.dtype))
+    ident = eps_orthogonal(*shape, 0.5, init="identity")
+    torch.testing.assert_close(ident, 0.5 * torch.eye(*shape, dtype=ident.dtype))
+
+
+def test_chain_grads_match_autograd():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 6), (5, 4), (3, 5)]  # W_1: 4x6, W_2: 5x4, W_3: 3x5
+    factors = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
+               for s in shapes]
+    grad_out = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    (chain(factors) * grad_out).sum().backward()
+    for w, g in zip(factors, chain_grads([f.detach() for f in factors], grad_out)):
+        torch.testing.assert_close(g, w.grad)
+
+
+def test_top_singular_sparse_matches_dense():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((300, 400)) * (rng.random((300, 400)) < 0.05)
+    u, s, v = top_singular(sp.csr_matrix(dense), 4)
+    s_ref = np.linalg.svd(dense, compute_uv=False)[:4]
+    np.testing.assert_allclose(s, s_ref, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(u * (dense @ v), axis=0)), s, rtol=1e-10)
+
+
+def _projector(q):
+    q = torch.linalg.qr(q).Q
+    return q @ q.T
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_identity_basis_equals_dense_construction_for_identity_init(exact):
+    """PAPER.md 3.2 is 3.1 specialised to the partial-identity init."""
+    m, n, w, eps, r_hat = 6, 9, 9, 1e-2, 2
+    rng = np.random.default_rng(1)
+    grad_f = torch.from_numpy(rng.standard_normal((m, n)))
+    factors = [eps_orthogonal(w, n, eps, init="identity"),
+               eps_orthogonal(w, w, eps, init="identity"),
+               eps_orthogonal(m, w, eps, init="identity")]
+    grad_first = chain_grads(factors, grad_f)[0]
+    left_d, right_d = compress_dense(factors, grad_first, r_hat, eps, exact=exact)
+    u, _, v = top_singular(grad_f, r_hat)
+    left_i, right_i = compress_identity(torch.from_numpy(u), torch.from_numpy(v), (m, n),
+                                        exact=exact)
+    assert right_i.shape == (n, (3 if exact else 2) * r_hat)
+    torch.testing.assert_close(right_i.T @ right_i, torch.eye(right_i.shape[1],
+                                                              dtype=torch.float64))
+    torch.testing.assert_close(_projector(right_i), _projector(right_d))
+    torch.testing.assert_close(left_i @ left_i.T, left_d @ left_d.T)
+
+
+def test_compress_identity_refuses_tall_problems():
+    with pytest.raises(ValueError, match="transpose"):
+        compress_identity(torch.zeros(5, 1), torch.zeros(3, 1), (5, 3))
+
+
+def test_principal_cosines():
+    a = torch.eye(4, dtype=torch.float64)[:, :2]
+    theta = 0.3
+    b = torch.tensor([[1, 0], [0, np.cos(theta)], [0, np.sin(theta)], [0, 0]],
+                     dtype=torch.float64)
+    torch.testing.assert_close(principal_cosines(a, b),
+                               torch.tensor([1.0, np.cos(theta)], dtype=torch.float64))
+
+
+def test_effective_rank_criteria():
+    s = np.array([10.0, 1.0, 1e-2, 1e-5])
+    assert effective_rank(s, atol=1e-3) == 3
+    assert effective_rank(s, rtol=1e-2) == 2
+    assert effective_rank(s, energy=0.95) == 1
+    assert effective_rank(s, energy=0.999) == 2
+    assert effective_rank(s, energy=1.0) == 4
+    assert effective_rank(np.zeros(3), energy=0.9) == 0
+    with pytest.raises(ValueError, match="exactly one"):
+        effective_rank(s)
