@@ -413,7 +413,7 @@ def soft_impute(
     centering = _centered(obs, center)
     values = centering.values
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng((seed, 0xA15))  # not the stream of random_low_rank(seed)
     pat = _Pattern(obs)
     x_sorted = values[pat.order]
     sigma1 = 0.0
@@ -624,7 +624,7 @@ def als(
     row_counts = np.diff(ones.indptr).astype(np.float64)
     col_counts = np.diff(ones_t.indptr).astype(np.float64)
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng((seed, 0xA15))  # not the stream of random_low_rank(seed)
     scale = np.sqrt(max(float(np.sqrt(np.mean(values * values))), 1e-12) / np.sqrt(rank))
     left = rng.standard_normal((m, rank)) * scale
     right = np.zeros((n, rank))

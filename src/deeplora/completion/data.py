@@ -228,9 +228,11 @@ class Observations:
         return sp.csr_matrix((self.values, (self.rows, self.cols)), shape=self.shape)
 
     def to_dataframe(self) -> pd.DataFrame:
+        row_ids, col_ids = np.empty(self.shape[0], object), np.empty(self.shape[1], object)
+        row_ids[:], col_ids[:] = self.row_ids, self.col_ids
         return pd.DataFrame({
-            "row_id": [self.row_ids[i] for i in self.rows],
-            "col_id": [self.col_ids[j] for j in self.cols],
+            "row_id": row_ids[self.rows],
+            "col_id": col_ids[self.cols],
             "value": self.values,
         })
 

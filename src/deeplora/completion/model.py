@@ -26,6 +26,12 @@ from .solver import History
 DENSE_LIMIT = 50_000_000  # entries: to_dense refuses more unless told otherwise
 
 
+def _ids(ids: Sequence[Hashable]) -> np.ndarray:
+    out = np.empty(len(ids), dtype=object)
+    out[:] = ids
+    return out
+
+
 @dataclass(eq=False)
 class CompletionModel:
     """A completed matrix in factored form, with the IDs of its rows and columns."""
@@ -108,10 +114,10 @@ class CompletionModel:
             rows_b = index[s:s + block]
             scores = self._score_block(rows_b)
             if observed:
-                counts = ends[s:s + block] - starts[s:s + block]
-                pos = np.concatenate([np.arange(0)] + [
-                    np.arange(a, b) for a, b in zip(starts[s:s + block], ends[s:s + block])])
+                first, counts = starts[s:s + block], ends[s:s + block] - starts[s:s + block]
                 local = np.repeat(np.arange(len(rows_b)), counts)
+                pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+                pos += np.repeat(first, counts)
                 scores[torch.as_tensor(local, dtype=torch.int64),
                        torch.as_tensor(o_cols[pos.astype(np.int64)])] = -np.inf
             values, cols = torch.topk(scores, kk, dim=1)
@@ -124,9 +130,9 @@ class CompletionModel:
         out = pd.concat(frames, ignore_index=True)
         out = out[np.isfinite(out["prediction"])]  # rows with fewer than k unobserved columns
         return pd.DataFrame({
-            "row_id": [self.row_ids[i] for i in out["row"]],
+            "row_id": _ids(self.row_ids)[out["row"].to_numpy()],
             "rank": out["rank"].to_numpy(),
-            "col_id": [self.col_ids[j] for j in out["col"]],
+            "col_id": _ids(self.col_ids)[out["col"].to_numpy()],
             "prediction": self._clip(out["prediction"].to_numpy()),
         })
 

@@ -141,7 +141,7 @@ class Completion(Objective):
         return s / q
 
     @property
-    def sampling_rate(self) -> float:  # type: ignore[override]
+    def sampling_rate(self) -> float:
         q, _ = self._top_direction()
         return q
 

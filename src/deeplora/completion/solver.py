@@ -56,8 +56,9 @@ class SolverConfig:
     tol: float = 0.0  # stop when the relative training residual is <= tol
     target_error: float | None = None  # stop when the relative error to the truth is <= this
     patience: int | None = None  # stop after this many evaluations without a better val RMSE
+    min_improvement: float = 1e-4  # a val RMSE counts as better below best * (1 - this)
     eval_every: int = 50  # steps between evaluations (history rows, stopping checks)
-    blowup: float = 1e4  # a loss above blowup * initial loss counts as divergence
+    blowup: float = 1.5  # a loss above blowup * initial loss counts as divergence
     dtype: Literal["float32", "float64"] = "float64"
     seed: int = 0  # every random choice (init, SVD start vector)
     progress: bool = True  # tqdm progress bar (also off when not a terminal)
@@ -75,6 +76,8 @@ class SolverConfig:
                f"patience must be >= 1 evaluation, got {self.patience}")
         _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         _check(self.blowup > 1, f"blowup must be > 1, got {self.blowup}")
+        _check(0 <= self.min_improvement < 1,
+               f"min_improvement must be in [0, 1), got {self.min_improvement}")
         _check(self.dtype in DTYPES, f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
     @property
@@ -313,14 +316,14 @@ class GradientDescent(ABC):
         if cfg.target_error is not None and row["rel_error"] <= cfg.target_error:
             return "target_error"
         if self.validation is not None and not math.isnan(row["val_rmse"]):
-            if self._best is None or row["val_rmse"] < self._best[0]:
-                self._best = (row["val_rmse"],
-                              {k: v.clone() for k, v in self.parameters().items()})
-                self._since_best = 0
-            else:
-                self._since_best += 1
-                if cfg.patience is not None and self._since_best >= cfg.patience:
-                    return "patience"
+            val = row["val_rmse"]
+            # the best factors are kept; only a clear improvement resets the patience
+            clear = self._best is None or val < self._best[0] * (1 - cfg.min_improvement)
+            if self._best is None or val < self._best[0]:
+                self._best = (val, {k: v.clone() for k, v in self.parameters().items()})
+            self._since_best = 0 if clear else self._since_best + 1
+            if cfg.patience is not None and self._since_best >= cfg.patience:
+                return "patience"
         return None
 
     def _restore(self, params: dict[str, torch.Tensor]) -> None:
@@ -358,10 +361,10 @@ class GradientDescent(ABC):
         tensors = read_tensors(folder / "state.safetensors", "checkpoint")
         params = self.parameters()
         for name, value in params.items():
-            saved = tensors.get(f"param.{name}")
-            if saved is None or saved.shape != value.shape:
+            key = f"param.{name}"
+            if key not in tensors or tensors[key].shape != value.shape:
                 raise ValueError(f"checkpoint in {folder} does not match this problem ({name})")
-            value.copy_(saved)
+            value.copy_(tensors[key])
         if meta["best_val"] is not None:
             self._best = (meta["best_val"], {k: tensors[f"best.{k}"] for k in params})
         self.t, self.lr = meta["step"], meta["lr"]
