@@ -120,6 +120,8 @@ class Plan:
     scale_shape: int
     scale_count: int
     scale_minutes: float
+    scale_eps: float  # init scale of the scale run (the paper's 1e-3 by default)
+    scale_dtype: str
     isolate: bool  # measure solvers in fresh subprocesses
     trimmed: list[str]
 
@@ -134,7 +136,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             soft_iters=30, als_iters=20, rank_hats=[RANK],
             ml_rank=8, ml_steps=60, ml_patience=3, ml_soft_iters=2,
             scale_shape=3_000, scale_count=60_000, scale_minutes=0.25,
-            isolate=False,
+            scale_eps=EPS, scale_dtype="float64", isolate=False,
             trimmed=["--quick: tiny sizes and budgets; the numbers only show that it runs"],
         )
     else:
@@ -145,7 +147,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sample_eval_every=100, soft_iters=300, als_iters=300, rank_hats=[RANK, 2 * RANK],
             ml_rank=8, ml_steps=3_000, ml_patience=10, ml_soft_iters=100,
             scale_shape=100_000, scale_count=2_000_000, scale_minutes=30.0,
-            isolate=True,
+            scale_eps=EPS, scale_dtype="float64", isolate=True,
             trimmed=[
                 "wide: the wide network runs to convergence up to d = 300 only; above, its "
                 "time is compressed steps x measured seconds per step (--full-wide runs it)",
@@ -170,6 +172,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.scale_minutes = args.scale_minutes
     if args.scale_size is not None:
         plan.scale_shape, plan.scale_count = args.scale_size
+    if args.scale_init_scale is not None:
+        plan.scale_eps = args.scale_init_scale
+    if args.scale_dtype is not None:
+        plan.scale_dtype = args.scale_dtype
     if args.no_isolate:
         plan.isolate = False
     return plan
@@ -268,15 +274,16 @@ def time_wide(d: int, lr: float, steps: int, seed: int) -> dict[str, Any]:
 
 
 def run_scale(m: int, count: int, lr: float | None, minutes: float, seed: int,
-              eval_every: int) -> dict[str, Any]:
+              eval_every: int, eps: float = EPS, dtype: str = "float64") -> dict[str, Any]:
     """The compressed solver on an m x m problem with ``count`` entries until relative error
     1e-2 or ``minutes`` of wall time (solver setup included)."""
     t0 = time.perf_counter()
     target, obs = _problem(m, seed, count=count)
     data_seconds = time.perf_counter() - t0
-    config = CompressedConfig(rank=RANK, depth=DEPTH, init_scale=EPS, lr=lr,
+    config = CompressedConfig(rank=RANK, depth=DEPTH, init_scale=eps, lr=lr,
                               max_steps=eval_every, target_error=1e-2, eval_every=eval_every,
-                              blowup=BLOWUP, progress=False, seed=seed + SOLVER_OFFSET)
+                              blowup=BLOWUP, progress=False, seed=seed + SOLVER_OFFSET,
+                              dtype=dtype)  # type: ignore[arg-type]
     _warm_up("compressed")
     with PeakMemory() as mem:
         start = time.perf_counter()
@@ -616,11 +623,12 @@ def section_movielens(plan: Plan) -> dict[str, Any]:
 def section_scale(plan: Plan) -> dict[str, Any]:
     m, count = plan.scale_shape, plan.scale_count
     print(f"\n== scale (m = n = {m:,}, {count:,} observed, r={RANK}; until relative error "
-          f"1e-2 or {plan.scale_minutes:g} min; {torch.get_num_threads()} thread(s))")
+          f"1e-2 or {plan.scale_minutes:g} min; eps {plan.scale_eps:g}, {plan.scale_dtype}; "
+          f"{torch.get_num_threads()} thread(s))")
     eval_every = 100 if m >= 10_000 else 25
     notes: list[str] = []
     res = run_isolated(run_scale, m, count, PAPER_LR, plan.scale_minutes, 0, eval_every,
-                       isolate=plan.isolate)
+                       plan.scale_eps, plan.scale_dtype, isolate=plan.isolate)
     if "diverged" in res:  # the automatic step, in the time that is left
         left = plan.scale_minutes - res["wall_seconds"] / 60
         notes.append(f"the paper's step lr={PAPER_LR:g} diverged after "
@@ -629,7 +637,7 @@ def section_scale(plan: Plan) -> dict[str, Any]:
         if left > 0:
             first = res
             res = run_isolated(run_scale, m, count, None, left, 0, eval_every,
-                               isolate=plan.isolate)
+                               plan.scale_eps, plan.scale_dtype, isolate=plan.isolate)
             res["paper_lr_attempt"] = first
             if "wall_seconds" in res:
                 res["wall_seconds_all_attempts"] = res["wall_seconds"] + first["wall_seconds"]
@@ -678,6 +686,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", action="store_true",
                    help="also run the 100,000 x 100,000 scale section (up to 30 min)")
     p.add_argument("--scale-minutes", type=float, help="time limit of --scale (default 30)")
+    p.add_argument("--scale-init-scale", type=float, metavar="EPS",
+                   help="init scale of --scale (default 1e-3, the paper's)")
+    p.add_argument("--scale-dtype", choices=["float32", "float64"],
+                   help="dtype of --scale (default float64)")
     p.add_argument("--scale-size", type=int, nargs=2, metavar=("M", "OBSERVED"),
                    help="m = n and the number of observed entries of --scale "
                         "(default 100000 2000000)")
@@ -714,6 +726,8 @@ def run(args: argparse.Namespace) -> int:
             args.scale_size[0] > 2 * RANK and 1 <= args.scale_size[1] <= args.scale_size[0] ** 2):
         raise ValueError(f"--scale-size needs M > {2 * RANK} and 1 <= OBSERVED <= M^2, got "
                          f"{args.scale_size}")
+    if args.scale_init_scale is not None and args.scale_init_scale <= 0:
+        raise ValueError(f"--scale-init-scale must be > 0, got {args.scale_init_scale}")
     if args.scale_minutes is not None and args.scale_minutes <= 0:
         raise ValueError(f"--scale-minutes must be > 0, got {args.scale_minutes}")
     plan = make_plan(args)

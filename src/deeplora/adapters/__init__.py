@@ -1,0 +1,75 @@
+"""Deep LoRA adapters for any PyTorch / Hugging Face model (PAPER.md section 4).
+
+``dW = W_L ... W_2 W_1`` (depth 3, width 8, every factor ``1e-3`` times a semi-orthogonal
+matrix, no alpha) added to frozen ``nn.Linear`` / ``Conv1D`` layers::
+
+    from deeplora.adapters import DeepLoraConfig, export_peft, parameter_groups, save_adapter, wrap
+
+    config = DeepLoraConfig(target_modules="query-value", modules_to_train=["classifier"])
+    model = wrap(model, config)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-4), betas=(0.9, 0.999), eps=1e-6)
+    ...
+    save_adapter(model, "out/adapter")
+    export_peft(model, "out/peft")  # a standard PEFT LoRA adapter, by exact SVD of each dW
+
+``init="compressed"`` (rank even) also needs ``loss_fn=lambda m: loss on one batch`` in
+:func:`wrap`; its outer factors then train at ``gamma * lr`` through :func:`parameter_groups`.
+"""
+
+from .config import PRESETS, DeepLoraConfig
+from .init import compressed_branch, compressed_branches
+from .io import export_peft, load_adapter, save_adapter
+from .layer import DeepLoraBranch, DeepLoraLayer, TrainedModule, adapters_disabled
+from .model import (
+    ParameterCount,
+    active_adapters,
+    adapter_branches,
+    adapter_configs,
+    adapter_layers,
+    count_parameters,
+    delete_adapter,
+    find_targets,
+    merge,
+    merge_and_unload,
+    parameter_groups,
+    set_adapter,
+    trainable_parameters,
+    unload,
+    unmerge,
+    wrap,
+)
+from .rank import LayerTruncation, effective_ranks, singular_values, truncate
+
+__all__ = [
+    "PRESETS",
+    "DeepLoraBranch",
+    "DeepLoraConfig",
+    "DeepLoraLayer",
+    "LayerTruncation",
+    "ParameterCount",
+    "TrainedModule",
+    "active_adapters",
+    "adapter_branches",
+    "adapter_configs",
+    "adapter_layers",
+    "adapters_disabled",
+    "compressed_branch",
+    "compressed_branches",
+    "count_parameters",
+    "delete_adapter",
+    "effective_ranks",
+    "export_peft",
+    "find_targets",
+    "load_adapter",
+    "merge",
+    "merge_and_unload",
+    "parameter_groups",
+    "save_adapter",
+    "set_adapter",
+    "singular_values",
+    "trainable_parameters",
+    "truncate",
+    "unload",
+    "unmerge",
+    "wrap",
+]
