@@ -10,6 +10,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add every benchmark as a subcommand of ``deeplora bench``."""
-    from . import completion
+    from . import adapters, completion
 
     completion.add_parser(sub)
+    adapters.add_parser(sub)

@@ -86,6 +86,7 @@ def interleaved_seconds(
         shift = round_ % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
             fn = tasks[name]()
+            collecting = gc.isenabled()
             gc.collect()
             gc.disable()
             try:
@@ -93,7 +94,9 @@ def interleaved_seconds(
                 fn()
                 elapsed = time.perf_counter() - start
             finally:
-                gc.enable()
+                if collecting:
+                    gc.enable()
+            del fn  # what its setup made is freed before the next one is made
             if round_ >= warmup:
                 times[name].append(elapsed)
     return times
