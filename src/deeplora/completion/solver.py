@@ -301,10 +301,10 @@ class GradientDescent(ABC):
                     self.save_checkpoint(checkpoint)
         finally:
             bar.close()
+        if checkpoint is not None:  # the last state, so that a longer run can resume from it
+            self.save_checkpoint(checkpoint)
         if self._best is not None and stopped in ("patience", "max_steps"):
             self._restore(self._best[1])
-        if checkpoint is not None:
-            self.save_checkpoint(checkpoint)
         left, right = self.factors()
         return FitResult(left.detach().clone(), right.detach().clone(), self.history, stopped,
                          self.t, self.lr)
