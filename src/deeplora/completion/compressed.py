@@ -81,6 +81,12 @@ class CompressedSolver(GradientDescent):
             )
         self.gamma = config.gamma if config.gamma is not None else (
             0.0 if isinstance(self.objective, Factorization) else 0.01)
+        if config.lr is None and self.gamma > 0:
+            # The outer factors see curvature ~ q s^2 (they carry no eps-scaled part) at the
+            # step gamma * lr; on large targets this bound is the tighter one.
+            s = self.objective.target_scale()
+            outer = config.lr_factor / (self.gamma * self.objective.sampling_rate * s**2)
+            self.lr = min(self.lr, outer)
         self.transposed = m > n
         self._obj = self.objective.transpose() if self.transposed else self.objective
         dtype, eps, depth = config.torch_dtype, config.init_scale, config.depth

@@ -93,7 +93,8 @@ def _check(ok: bool, message: str) -> None:
 def auto_lr(objective: Objective, depth: int, factor: float = 1.0) -> float:
     """``factor / (p L s^(2 - 2/L))``: the inverse of the largest curvature of the loss at a
     balanced solution, where ``s`` estimates the target's top singular value and ``p`` is the
-    sampling rate. Gradient descent is stable below twice that."""
+    sampling rate. Gradient descent is stable below twice that. (The compressed solver also
+    caps it by ``factor / (gamma p s^2)``, the curvature its outer factors see.)"""
     s = objective.target_scale()
     if not math.isfinite(s) or s <= 0:
         raise ValueError("the target is zero: there is nothing to fit")
