@@ -51,17 +51,23 @@ def _trained_state(model: nn.Module, adapter_name: str) -> dict[str, dict[str, t
     }
 
 
+def _adapter_config(model: nn.Module, adapter_name: str) -> Any:
+    """The config of adapter ``adapter_name``; an unknown name lists the ones that exist."""
+    configs = adapter_configs(model)
+    if adapter_name not in configs:
+        raise ValueError(
+            f"no adapter named {adapter_name!r} on this model; it has "
+            f"{sorted(configs) or 'none'}"
+        )
+    return configs[adapter_name]
+
+
 def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default") -> Path:
     """Write adapter ``adapter_name`` of ``model`` to ``directory``; returns the folder."""
     from .. import __version__
 
     directory = Path(directory)
-    config = adapter_configs(model).get(adapter_name)
-    if config is None:
-        raise ValueError(
-            f"no adapter named {adapter_name!r} on this model; it has "
-            f"{sorted(adapter_configs(model)) or 'none'}"
-        )
+    config = _adapter_config(model, adapter_name)
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     for path, layer, branch in adapter_branches(model, adapter_name):
@@ -238,12 +244,7 @@ def export_peft(
     layer. Trained modules (e.g. a head) go to PEFT's ``modules_to_save``.
     """
     directory = Path(directory)
-    config = adapter_configs(model).get(adapter_name)
-    if config is None:
-        raise ValueError(
-            f"no adapter named {adapter_name!r} on this model; it has "
-            f"{sorted(adapter_configs(model)) or 'none'}"
-        )
+    config = _adapter_config(model, adapter_name)
     tensors: dict[str, torch.Tensor] = {}
     report: dict[str, LayerTruncation] = {}
     conv1d = False
