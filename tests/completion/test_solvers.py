@@ -187,3 +187,51 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path):
     assert resumed.steps == full.steps == 1200
     torch.testing.assert_close(resumed.left, full.left, rtol=0, atol=0)
     assert resumed.history.val_rmse == full.history.val_rmse
+
+
+def _too_large_step(**kw):
+    target = random_low_rank(30, 30, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    config = CompressedConfig(rank=2, lr_factor=16, max_steps=20_000, target_error=1e-4,
+                              eval_every=50, progress=False, **kw)
+    return CompressedSolver(obs, config, truth=target)
+
+
+def test_automatic_step_backs_off_on_divergence_and_still_recovers():
+    solver = _too_large_step()
+    first = solver.lr
+    result = solver.run()
+    assert len(solver.backoff_steps) >= 2  # 16x the automatic step diverges, more than once
+    assert result.lr == first / 2 ** len(solver.backoff_steps)
+    assert result.stopped == "target_error" and result.history.rel_error[-1] <= 1e-4
+    # history is the successful path only: steps increase, and the step in force is logged
+    assert result.history.step == sorted(set(result.history.step))
+    assert result.history.lr[-1] == result.lr
+
+
+def test_backoffs_exhausted_raise_with_the_count():
+    with pytest.raises(DivergenceError, match="after 1 halvings of the automatic step"):
+        _too_large_step(backoffs=1).run()
+
+
+def test_a_given_step_is_never_changed():
+    target = random_low_rank(30, 30, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    solver = CompressedSolver(obs, CompressedConfig(rank=2, lr=1.0, progress=False))
+    with pytest.raises(DivergenceError, match=r"with lr=1; lower the step"):
+        solver.run()
+
+
+def test_resume_after_a_back_off_gives_the_uninterrupted_result(tmp_path):
+    solver = _too_large_step()
+    full, full_backoffs = solver.run(), solver.backoff_steps
+    first = _too_large_step()
+    first.config.max_steps = 550  # killed between two back-offs (at an evaluation)
+    first.run(checkpoint=tmp_path / "ckpt", checkpoint_every=100)
+    assert 1 <= len(first.backoff_steps) < len(full_backoffs)
+    resumed_solver = _too_large_step()
+    resumed = resumed_solver.run(checkpoint=tmp_path / "ckpt", resume=True)
+    assert resumed_solver.backoff_steps == full_backoffs
+    assert resumed.steps == full.steps and resumed.lr == full.lr
+    torch.testing.assert_close(resumed.left, full.left, rtol=0, atol=0)
+    assert resumed.history.rel_error == full.history.rel_error

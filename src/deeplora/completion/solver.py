@@ -10,6 +10,14 @@ Stopping rules, checked every ``eval_every`` steps (and at the last step):
   truth);
 - ``patience``: validation RMSE has not improved for that many evaluations; the factors of
   the best evaluation are restored (noisy real data must not be over-fit silently).
+
+Divergence: a loss that is not finite or exceeds ``blowup`` times its start raises
+:class:`DivergenceError` when the step was given. With the automatic step (``lr=None``) the
+loop backs off instead: it returns to the last evaluated state, halves the step and goes
+on, up to ``backoffs`` times; a loss above ``blowup`` times the lowest one seen so far
+(gradient descent bouncing out of a valley) counts too. The automatic step rests on an
+estimate of the target's scale that sparse, unevenly sampled data can throw off; the
+back-off makes the estimate a starting point rather than a promise.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +67,7 @@ class SolverConfig:
     min_improvement: float = 1e-4  # a val RMSE counts as better below best * (1 - this)
     eval_every: int = 50  # steps between evaluations (history rows, stopping checks)
     blowup: float = 1.5  # a loss above blowup * initial loss counts as divergence
+    backoffs: int = 8  # automatic step only: halvings allowed on divergence before an error
     dtype: Literal["float32", "float64"] = "float64"
     seed: int = 0  # every random choice (init, SVD start vector)
     progress: bool = True  # tqdm progress bar (also off when not a terminal)
@@ -76,6 +85,7 @@ class SolverConfig:
                f"patience must be >= 1 evaluation, got {self.patience}")
         _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         _check(self.blowup > 1, f"blowup must be > 1, got {self.blowup}")
+        _check(self.backoffs >= 0, f"backoffs must be >= 0, got {self.backoffs}")
         _check(0 <= self.min_improvement < 1,
                f"min_improvement must be in [0, 1), got {self.min_improvement}")
         _check(self.dtype in DTYPES, f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
@@ -111,6 +121,12 @@ class History:
     val_rmse: list[float] = field(default_factory=list)
     rel_error: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+
+    def truncate(self, rows: int) -> None:
+        """Keep the first ``rows`` rows."""
+        for f in fields(self):
+            del getattr(self, f.name)[rows:]
 
     def append(self, **row: float) -> None:
         for key, value in row.items():
@@ -199,6 +215,11 @@ class GradientDescent(ABC):
         self._best: tuple[float, dict[str, torch.Tensor]] | None = None
         self._since_best = 0
         self._elapsed = 0.0
+        self._auto = config.lr is None  # the automatic step may back off on divergence
+        self._low = math.inf  # the lowest loss so far
+        # the last evaluated state: (t, history rows, lowest loss then, parameters)
+        self._good: tuple[int, int, float, dict[str, torch.Tensor]] | None = None
+        self.backoff_steps: list[int] = []  # steps at which the automatic step was halved
 
     # ---------------------------------------------------------------- to implement
     @abstractmethod
@@ -234,20 +255,38 @@ class GradientDescent(ABC):
                                                                dtype=zero.dtype))
         return math.sqrt(2 * float(loss))
 
-    def _guard(self, loss: float) -> None:
+    def _diverged(self, loss: float) -> bool:
         if self._initial_loss is None:
             self._initial_loss = max(loss, 1e-300)
-        if not math.isfinite(loss) or loss > self.config.blowup * self._initial_loss:
+        blowup = self.config.blowup
+        return (not math.isfinite(loss) or loss > blowup * self._initial_loss
+                or (self._auto and loss > blowup * self._low))
+
+    def _back_off(self, loss: float) -> None:
+        """Return to the last evaluated state with half the step, or raise."""
+        if not self._auto or self._good is None or len(self.backoff_steps) >= self.config.backoffs:
+            tried = (f" after {len(self.backoff_steps)} halvings of the automatic step"
+                     if self._auto else "")
             raise DivergenceError(
                 f"gradient descent diverged at step {self.t} (loss {loss:.3g}, started at "
-                f"{self._initial_loss:.3g}) with lr={self.lr:.3g}; lower the step, e.g. "
+                f"{self._initial_loss:.3g}) with lr={self.lr:.3g}{tried}; lower the step, e.g. "
                 f"lr={self.lr / 4:.3g} (--lr {self.lr / 4:.3g})"
             )
+        self.backoff_steps.append(self.t)
+        self.t, rows, self._low, params = self._good
+        self._restore(params)
+        self.history.truncate(rows)
+        self.lr /= 2
+
+    def _snapshot(self) -> None:
+        if self._auto:
+            self._good = (self.t, len(self.history.step), self._low,
+                          {k: v.clone() for k, v in self.parameters().items()})
 
     def evaluate(self, loss: float) -> dict[str, float]:
         from .objectives import Completion
 
-        row = {"step": float(self.t), "loss": loss, "seconds": self._elapsed}
+        row = {"step": float(self.t), "loss": loss, "seconds": self._elapsed, "lr": self.lr}
         count = len(self.objective) if isinstance(self.objective, Completion) else math.prod(
             self.shape)
         row["train_rmse"] = math.sqrt(2 * loss / count)
@@ -280,17 +319,25 @@ class GradientDescent(ABC):
         bar = tqdm(total=cfg.max_steps, initial=self.t, disable=not cfg.progress or None,
                    desc=type(self).__name__, unit="step", dynamic_ncols=True)
         stopped = "max_steps"
+        if self._good is None:
+            self._snapshot()
         try:
             while self.t < cfg.max_steps:
                 start = time.perf_counter()
                 loss = self.step()
                 self._elapsed += time.perf_counter() - start
-                self._guard(loss)
+                if self._diverged(loss):
+                    self._back_off(loss)
+                    bar.reset(total=cfg.max_steps)
+                    bar.update(self.t)
+                    continue
+                self._low = min(self._low, loss)
                 self.t += 1
                 bar.update(1)
                 if self.t % cfg.eval_every == 0 or self.t == cfg.max_steps or self.t == 1:
                     row = self.evaluate(loss)
                     self.history.append(**row)
+                    self._snapshot()
                     bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()
                                      if k in ("train_rmse", "val_rmse", "rel_error")
                                      and not math.isnan(v)})
@@ -338,6 +385,8 @@ class GradientDescent(ABC):
         tensors = {f"param.{k}": v for k, v in self.parameters().items()}
         if self._best is not None:
             tensors.update({f"best.{k}": v for k, v in self._best[1].items()})
+        if self._good is not None:
+            tensors.update({f"good.{k}": v for k, v in self._good[3].items()})
         write_tensors(folder / "state.safetensors", tensors)
         write_json(folder / "state.json", {
             "kind": "deeplora.checkpoint", "format_version": FORMAT_VERSION,
@@ -345,6 +394,10 @@ class GradientDescent(ABC):
             "lr": self.lr, "elapsed": self._elapsed, "initial_loss": self._initial_loss,
             "best_val": None if self._best is None else self._best[0],
             "since_best": self._since_best, "history": self.history.to_dict(),
+            "low_loss": None if math.isinf(self._low) else self._low,
+            "good": None if self._good is None else [
+                *self._good[:2], None if math.isinf(self._good[2]) else self._good[2]],
+            "backoff_steps": self.backoff_steps,
         })
 
     def load_checkpoint(self, folder: str | os.PathLike[str]) -> None:
@@ -372,3 +425,9 @@ class GradientDescent(ABC):
         self._elapsed, self._initial_loss = meta["elapsed"], meta["initial_loss"]
         self._since_best = meta["since_best"]
         self.history = History.from_dict(meta["history"])
+        self._low = math.inf if meta["low_loss"] is None else meta["low_loss"]
+        if meta["good"] is not None:
+            t, rows, low = meta["good"]
+            self._good = (t, rows, math.inf if low is None else low,
+                          {k: tensors[f"good.{k}"] for k in params})
+        self.backoff_steps = list(meta["backoff_steps"])
