@@ -1,0 +1,189 @@
+"""Settings of one few-shot fine-tuning run, validated on creation.
+
+The optimizer is the paper's (PAPER.md 4): AdamW, betas (0.9, 0.999), eps 1e-6, no weight
+decay, a constant learning rate. The default learning rates are not the paper's 1e-4 (set for
+BERT-base over 200-1000 steps) but were measured on MiniLM with 64 Amazon reviews on a
+validation split of the training data; see :data:`DEFAULT_LR` and the README's "Few-shot
+fine-tuning" section.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Task = Literal["classification", "regression", "causal-lm"]
+Method = Literal["deep-lora", "lora", "full"]
+InitKind = Literal["orthogonal", "compressed"]
+
+TASKS: tuple[str, ...] = ("classification", "regression", "causal-lm")
+METHODS: tuple[str, ...] = ("deep-lora", "lora", "full")
+ADAPTER_INITS: tuple[str, ...] = ("orthogonal", "compressed")
+
+# Learning rate of the adapter (or of every weight, for "full") when ``lr`` is None: measured,
+# see the README ("Few-shot fine-tuning: defaults and why").
+DEFAULT_LR: dict[str, float] = {"deep-lora": 1e-3, "lora": 1e-3, "full": 5e-5}
+# Learning rate of the new task head when ``head_lr`` is None (the head starts at random and
+# must train; at 1e-4 it hardly moves in a few hundred steps).
+DEFAULT_HEAD_LR = 1e-3
+# Learning rate of the inner factors of a compressed Deep LoRA adapter (the outer ones train at
+# gamma times it): the paper's 1e-2.
+DEFAULT_COMPRESSED_LR = 1e-2
+
+
+@dataclass
+class FinetuneConfig:
+    """What to train, on what, and how. Every field has a default; see the comments."""
+
+    # --- task and data
+    task: Task = "classification"  # "classification", "regression" or "causal-lm"
+    text_column: str = "text"  # classification / regression: the (first) text
+    pair_column: str | None = None  # the second text of sentence pairs
+    label_column: str = "label"  # class name or numeric score
+    prompt_column: str = "prompt"  # causal-lm: the prompt (no loss on it)
+    completion_column: str = "completion"  # causal-lm: the completion (the loss is on it)
+    n: int | None = None  # few-shot: train on n examples sampled without replacement
+    balanced: bool = False  # classification: the same number of examples per class
+    eval_fraction: float = 0.2  # held out for evaluation when no evaluation data is given
+    max_length: int = 128  # tokens per example (longer ones are cut)
+    # --- model and method
+    model: str | None = None  # folder, .gguf file, "minilm" or "smollm2"; None: by task
+    method: Method = "deep-lora"  # "deep-lora", "lora" (PEFT's) or "full" fine-tuning
+    target_modules: str | list[str] = "query-value"  # as DeepLoraConfig.target_modules
+    rank: int = 8  # width of the adapter (both methods)
+    depth: int = 3  # Deep LoRA: number of factors
+    init: InitKind = "orthogonal"  # Deep LoRA: "orthogonal" (the paper's) or "compressed"
+    init_scale: float = 1e-3  # Deep LoRA: eps of the factors
+    gamma: float = 1e-2  # compressed Deep LoRA: the outer factors train at gamma * lr
+    lora_alpha: float = 8.0  # LoRA: PEFT's default; scaling lora_alpha / rank
+    # --- optimizer and loop (PAPER.md 4)
+    lr: float | None = None  # None: DEFAULT_LR[method] (DEFAULT_COMPRESSED_LR if compressed)
+    head_lr: float | None = None  # None: DEFAULT_HEAD_LR (or lr, for "full")
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.0
+    steps: int = 100  # optimizer steps
+    batch_size: int = 16  # examples per step (at most the number of training examples)
+    eval_batch_size: int = 32
+    eval_every: int = 0  # evaluate every this many steps as well as at the end (0: end only)
+    checkpoint_every: int = 25  # write a checkpoint every this many steps (with an output)
+    generations: int = 3  # causal-lm: evaluation prompts to complete greedily
+    max_new_tokens: int = 32  # causal-lm: length of those completions
+    seed: int = 0  # sampling, held-out split, head and adapter init, data order, dropout
+    threads: int | None = None  # torch threads (None: torch's choice)
+    progress: bool = True  # tqdm bar with the running loss (off when not a terminal)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        _choice("task", self.task, TASKS)
+        _choice("method", self.method, METHODS)
+        _choice("init", self.init, ADAPTER_INITS)
+        for name in ("text_column", "label_column", "prompt_column", "completion_column"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty column name, got {value!r}")
+        if self.pair_column is not None and (
+            not isinstance(self.pair_column, str) or not self.pair_column
+        ):
+            raise ValueError(f"pair_column must be a column name or None, got {self.pair_column!r}")
+        if self.pair_column is not None and self.task == "causal-lm":
+            raise ValueError(
+                "pair_column applies to classification and regression; causal-lm reads "
+                "prompt_column and completion_column"
+            )
+        _integer("n", self.n, low=1, allow_none=True)
+        if self.balanced and self.task != "classification":
+            raise ValueError("balanced sampling needs classes: use it with task='classification'")
+        if self.balanced and self.n is None:
+            raise ValueError("balanced sampling needs n, the number of training examples")
+        _number("eval_fraction", self.eval_fraction, low=0.0, high=1.0, open_low=True)
+        if self.eval_fraction >= 1:
+            raise ValueError(f"eval_fraction must be < 1, got {self.eval_fraction}; try 0.2")
+        for name, low in (("max_length", 2), ("rank", 1), ("depth", 2), ("steps", 0),
+                          ("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0),
+                          ("checkpoint_every", 1), ("generations", 0), ("max_new_tokens", 1),
+                          ("seed", 0)):  # fmt: skip
+            _integer(name, getattr(self, name), low=low)
+        _integer("threads", self.threads, low=1, allow_none=True)
+        _number("init_scale", self.init_scale, low=0.0, open_low=True)
+        _number("gamma", self.gamma, low=0.0)
+        _number("lora_alpha", self.lora_alpha, low=0.0, open_low=True)
+        _number("lr", self.lr, low=0.0, open_low=True, allow_none=True)
+        _number("head_lr", self.head_lr, low=0.0, open_low=True, allow_none=True)
+        _number("adam_eps", self.adam_eps, low=0.0, open_low=True)
+        _number("weight_decay", self.weight_decay, low=0.0)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {self.betas!r}")
+        for beta in self.betas:
+            _number("betas", beta, low=0.0, high=1.0)
+            if beta >= 1:
+                raise ValueError(
+                    f"betas must be in [0, 1), got {self.betas}; the paper's: 0.9, 0.999"
+                )
+        if self.init == "compressed" and self.rank % 2:
+            raise ValueError(
+                f"init='compressed' needs an even rank (2 r_hat), got {self.rank}; "
+                f"use {self.rank + 1}"
+            )
+        if self.init == "compressed" and self.method != "deep-lora":
+            raise ValueError(
+                "init='compressed' is a Deep LoRA init: use it with method='deep-lora'"
+            )
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ValueError(f"model must be a path or a name, got {self.model!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the default for the method (and init)."""
+        if self.lr is not None:
+            return self.lr
+        if self.method == "deep-lora" and self.init == "compressed":
+            return DEFAULT_COMPRESSED_LR
+        return DEFAULT_LR[self.method]
+
+    @property
+    def head_learning_rate(self) -> float:
+        """``head_lr``, or the default (``lr`` for full fine-tuning)."""
+        if self.head_lr is not None:
+            return self.head_lr
+        return self.learning_rate if self.method == "full" else DEFAULT_HEAD_LR
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _integer(name: str, value: Any, *, low: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _number(
+    name: str,
+    value: Any,
+    *,
+    low: float,
+    high: float | None = None,
+    open_low: bool = False,
+    allow_none: bool = False,
+) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (open_low and value == low) or (high is not None and value > high):
+        bound = f"> {low}" if open_low else f">= {low}"
+        if high is not None:
+            bound += f" and <= {high}"
+        raise ValueError(f"{name} must be {bound}, got {value}")

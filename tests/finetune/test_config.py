@@ -1,0 +1,60 @@
+"""FinetuneConfig: defaults, the learning rates they resolve to, and refused values."""
+
+from __future__ import annotations
+
+import pytest
+
+from deeplora.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, FinetuneConfig
+from deeplora.finetune.config import DEFAULT_COMPRESSED_LR
+
+
+def test_defaults_are_the_papers_optimizer() -> None:
+    config = FinetuneConfig()
+    assert (config.betas, config.adam_eps, config.weight_decay) == ((0.9, 0.999), 1e-6, 0.0)
+    assert (config.batch_size, config.rank, config.depth, config.init_scale) == (16, 8, 3, 1e-3)
+    assert config.method == "deep-lora" and config.task == "classification"
+
+
+def test_learning_rates_resolve_by_method() -> None:
+    assert FinetuneConfig().learning_rate == DEFAULT_LR["deep-lora"]
+    assert FinetuneConfig(method="lora").learning_rate == DEFAULT_LR["lora"]
+    assert FinetuneConfig(init="compressed").learning_rate == DEFAULT_COMPRESSED_LR
+    assert FinetuneConfig(lr=3e-4).learning_rate == 3e-4
+    assert FinetuneConfig(lr=3e-4).head_learning_rate == DEFAULT_HEAD_LR
+    assert FinetuneConfig(method="full", lr=2e-5).head_learning_rate == 2e-5
+    assert FinetuneConfig(head_lr=5e-3).head_learning_rate == 5e-3
+
+
+def test_round_trip() -> None:
+    config = FinetuneConfig(task="regression", n=16, target_modules=["query"], lr=1e-3)
+    assert FinetuneConfig(**config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "translation"}, "task must be one of classification, regression, causal-lm"),
+        ({"method": "adapter"}, "method must be one of deep-lora, lora, full"),
+        ({"n": 0}, "n must be >= 1"),
+        ({"n": 2.5}, "n must be an integer"),
+        ({"balanced": True}, "balanced sampling needs n"),
+        ({"balanced": True, "n": 4, "task": "regression"}, "balanced sampling needs classes"),
+        ({"eval_fraction": 0}, "eval_fraction must be > 0"),
+        ({"eval_fraction": 1}, "eval_fraction must be < 1"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"head_lr": -1}, "head_lr must be > 0"),
+        ({"steps": -1}, "steps must be >= 0"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"depth": 1}, "depth must be >= 2"),
+        ({"betas": (0.9, 1.0)}, "betas must be in \\[0, 1\\)"),
+        ({"init": "compressed", "rank": 7}, "needs an even rank"),
+        ({"init": "compressed", "method": "lora"}, "use it with method='deep-lora'"),
+        ({"text_column": ""}, "text_column must be a non-empty column name"),
+        ({"task": "causal-lm", "pair_column": "b"}, "pair_column applies to classification"),
+        ({"threads": 0}, "threads must be >= 1"),
+    ],
+)
+def test_bad_values_name_the_problem(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(**kwargs)

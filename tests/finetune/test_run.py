@@ -1,0 +1,230 @@
+"""End to end on tiny models: every task, every method, the output folder, resume."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deeplora.adapters import DeepLoraLayer, load_adapter
+from deeplora.finetune import FinetuneConfig, PooledModel, finetune
+
+from .conftest import completions, reviews
+
+TEXT = dict(steps=30, batch_size=8, lr=1e-2, head_lr=1e-2, max_length=16, progress=False)
+
+
+def config(model: Path, **kwargs: object) -> FinetuneConfig:
+    return FinetuneConfig(model=str(model), **{**TEXT, **kwargs})  # type: ignore[arg-type]
+
+
+def test_classification_end_to_end(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = finetune(reviews(40), config(models["bert"]), evaluation=reviews(16, seed=1),
+                      out=out, export_peft=True)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["eval"]) == {"accuracy", "macro_f1", "mcc", "loss"}
+    assert metrics["eval"]["accuracy"] >= 0.9  # the words decide the label
+    assert metrics["baseline"]["accuracy"] == 0.5 and metrics["baseline"]["mcc"] == 0.0
+    loss = metrics["history"]["loss"]
+    assert len(loss) == 30 and np.mean(loss[-5:]) < loss[0]
+    assert metrics["train_examples"] == 40 and metrics["eval_examples"] == 16
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["row", "text", "label", "prediction", "prob_negative",
+                                         "prob_positive"]  # fmt: skip
+    assert np.allclose(predictions[["prob_negative", "prob_positive"]].sum(axis=1), 1, atol=1e-5)
+    assert (predictions["label"] == predictions["prediction"]).mean() == metrics["eval"]["accuracy"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["task"] == {"classes": ["negative", "positive"]}
+    assert saved["config"]["method"] == "deep-lora" and saved["lr"] == 1e-2
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.json", "metrics.json",
+                                                     "peft", "predictions.csv"]  # fmt: skip
+    assert (out / "peft" / "adapter_config.json").is_file()
+
+    # the saved adapter (head included) reproduces the predictions on a fresh model
+    fresh = PooledModel(result.adapted.model.backbone.__class__.from_pretrained(models["bert"]),
+                        2, "mean")  # fmt: skip
+    load_adapter(fresh, out / "adapter").eval()
+    features = result.tokenizer(list(reviews(16, seed=1)["text"]), padding=True,
+                                return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        probs = fresh(**features).softmax(-1).numpy()
+    np.testing.assert_allclose(probs[:, 1], predictions["prob_positive"], atol=1e-5)
+
+
+def test_sentence_pairs_and_regression(models: dict[str, Path]) -> None:
+    table = reviews(40)
+    result = finetune(table, config(models["bert"], task="regression", pair_column="other",
+                                    label_column="score", max_length=24),
+                      evaluation=reviews(16, seed=1))  # fmt: skip
+    metrics = result.metrics
+    assert set(metrics["eval"]) == {"pearson", "spearman", "rmse", "loss"}
+    assert metrics["eval"]["pearson"] > 0.5
+    assert metrics["eval"]["rmse"] < metrics["baseline"]["rmse"]
+    assert metrics["baseline"]["pearson"] is None  # a constant has no correlation
+    assert list(result.predictions.columns) == ["row", "text", "pair", "label", "prediction"]
+    # the head learns standardised scores; predictions come back in the data's units
+    assert result.task.mean == pytest.approx(table["score"].mean())
+    assert abs(result.predictions["prediction"].mean() - table["score"].mean()) < 1.5
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_causal_lm_end_to_end(models: dict[str, Path], arch: str, tmp_path: Path) -> None:
+    out = tmp_path / arch
+    cfg = config(models[arch], task="causal-lm", steps=20, generations=2, max_new_tokens=4)
+    result = finetune(completions(40), cfg, evaluation=completions(8, seed=1), out=out)
+    metrics = result.metrics
+    assert metrics["eval"]["loss"] < metrics["baseline"]["loss"]
+    assert metrics["eval"]["perplexity"] == pytest.approx(np.exp(metrics["eval"]["loss"]))
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    assert sum(r["generation"] is not None for r in rows) == 2
+    assert all(r["tokens"] == 2 for r in rows)  # the completion word and [EOS]
+    # the per-example token losses average to the metric (equal token counts)
+    assert np.mean([r["loss"] for r in rows]) == pytest.approx(metrics["eval"]["loss"])
+    assert (out / "adapter" / "deeplora_adapter.json").is_file()
+
+
+def test_every_method_trains_only_its_parameters(models: dict[str, Path]) -> None:
+    table, held = reviews(24), reviews(8, seed=1)
+    counts = {}
+    for method in ("deep-lora", "lora", "full"):
+        result = finetune(table, config(models["bert"], method=method, steps=3), evaluation=held)
+        trained = result.adapted.trainable()
+        counts[method] = sum(p.numel() for p in trained.values())
+        if method == "deep-lora":
+            assert all("factors" in n or n.startswith("head.copies.") for n in trained)
+            assert any(isinstance(m, DeepLoraLayer) for m in result.model.modules())
+        elif method == "lora":
+            assert all("lora_" in n or "modules_to_save" in n for n in trained)
+        else:
+            assert counts[method] == result.metrics["total_parameters"]
+    # query and value of 2 layers (hidden 32) at rank 8, and the head (32 -> 2): LoRA has
+    # A and B, Deep LoRA a k x k factor more
+    hidden, adapted, rank, head = 32, 2 * 2, 8, 32 * 2 + 2
+    assert counts["lora"] == adapted * 2 * rank * hidden + head
+    assert counts["deep-lora"] == counts["lora"] + adapted * rank * rank
+
+
+def test_compressed_init_trains_outer_factors_at_gamma_lr(models: dict[str, Path]) -> None:
+    cfg = config(models["bert"], init="compressed", lr=None, steps=3)
+    result = finetune(reviews(24), cfg, evaluation=reviews(8, seed=1))
+    rates = sorted(g["lr"] for g in result.adapted.groups)
+    assert rates == pytest.approx(sorted([1e-2, 1e-2 * 1e-2, 1e-2]))  # inner, outer, head
+    assert result.metrics["lr"] == 1e-2  # DEFAULT_COMPRESSED_LR
+
+
+def _drop_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("method", ["deep-lora", "lora"])
+def test_resume_gives_the_uninterrupted_result(models: dict[str, Path], tmp_path: Path,
+                                               method: str) -> None:  # fmt: skip
+    table, held = reviews(40), reviews(16, seed=1)
+    # dropout on, so that the restored random state matters
+    cfg = config(models["bert"], method=method, steps=12, checkpoint_every=5, eval_every=4)
+    full = finetune(table, cfg, evaluation=held, out=tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_7(step: int, idx: np.ndarray, loss: float) -> None:
+        if step == 7:
+            raise Killed
+
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        finetune(table, cfg, evaluation=held, out=out, on_step=kill_at_7)
+    assert not (out / "metrics.json").exists()
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 5 and state["position"] == 5 * 8
+    with pytest.raises(ValueError, match="interrupted run"):
+        finetune(table, cfg, evaluation=held, out=out)
+    with pytest.raises(ValueError, match="other settings"):
+        finetune(table, FinetuneConfig(**{**cfg.to_dict(), "lr": 2e-2}), evaluation=held,
+                 out=out, resume=True)  # fmt: skip
+    with pytest.raises(ValueError, match="other training data"):
+        finetune(reviews(40, seed=5), cfg, evaluation=held, out=out, resume=True)
+
+    steps_seen: list[int] = []
+    resumed = finetune(table, cfg, evaluation=held, out=out, resume=True,
+                       on_step=lambda s, i, v: steps_seen.append(s))  # fmt: skip
+    assert steps_seen == list(range(6, 13))
+    assert _drop_timing(resumed.metrics) == _drop_timing(full.metrics)
+    assert len(full.metrics["history"]["evals"]) == 2  # steps 4 and 8
+    pd.testing.assert_frame_equal(resumed.predictions, full.predictions)
+    name = "deeplora_adapter.safetensors" if method == "deep-lora" else "adapter_model.safetensors"
+    a, b = load_file(tmp_path / "full" / "adapter" / name), load_file(out / "adapter" / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "checkpoint").exists()  # a finished run keeps only its outputs
+
+
+def test_methods_share_data_order_head_and_evaluation(models: dict[str, Path]) -> None:
+    """LoRA and Deep LoRA differ in the adapter only: same batches, same head init, same
+    evaluation examples, same loss and optimizer settings."""
+    table, held = reviews(40), reviews(16, seed=1)
+    seen: dict[str, list[list[int]]] = {}
+    heads, results = {}, {}
+    for method in ("deep-lora", "lora"):
+        seen[method] = []
+        result = finetune(table, config(models["bert"], method=method, steps=6, lr=1e-3),
+                          evaluation=held,
+                          on_step=lambda s, i, v, m=method: seen[m].append(i.tolist()))  # fmt: skip
+        results[method] = result
+        inner = result.adapted.inner
+        head = inner.head
+        original = head.original if method == "deep-lora" else head.original_module
+        heads[method] = original.weight.detach().clone()
+    assert seen["deep-lora"] == seen["lora"] and len(seen["lora"]) == 6
+    assert torch.equal(heads["deep-lora"], heads["lora"])
+    a, b = results["deep-lora"], results["lora"]
+    assert list(a.predictions["row"]) == list(b.predictions["row"])
+    assert a.metrics["baseline"] == b.metrics["baseline"]
+    groups = {m: [(g["lr"], g["weight_decay"]) for g in r.adapted.groups] for m, r in
+              results.items()}  # fmt: skip
+    assert groups["deep-lora"] == groups["lora"] == [(1e-3, 0.0), (1e-2, 0.0)]  # adapter, head
+
+
+def test_lora_uses_peft_with_the_same_targets(models: dict[str, Path], tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    result = finetune(reviews(24), config(models["bert"], method="lora", steps=2),
+                      evaluation=reviews(8, seed=1), out=tmp_path / "o")  # fmt: skip
+    assert isinstance(result.model, peft.PeftModel)
+    saved = json.loads((tmp_path / "o" / "adapter" / "adapter_config.json").read_text())
+    assert saved["r"] == 8 and saved["lora_alpha"] == 8 and saved["modules_to_save"] == ["head"]
+    assert sorted(saved["target_modules"]) == [
+        f"backbone.encoder.layer.{i}.attention.self.{n}" for i in (0, 1) for n in ("query", "value")
+    ]
+
+
+def test_full_fine_tuning_saves_the_whole_model(models: dict[str, Path], tmp_path: Path) -> None:
+    finetune(reviews(24), config(models["bert"], method="full", steps=2),
+             evaluation=reviews(8, seed=1), out=tmp_path / "o")  # fmt: skip
+    state = load_file(tmp_path / "o" / "adapter" / "model.safetensors")
+    assert "head.weight" in state and any(k.startswith("backbone.encoder") for k in state)
+
+
+def test_held_out_fraction_and_few_shot(models: dict[str, Path], tmp_path: Path) -> None:
+    table = reviews(50)
+    cfg = config(models["bert"], n=10, balanced=True, eval_fraction=0.2, steps=2)
+    result = finetune(table, cfg, out=tmp_path / "o")
+    assert result.metrics["train_examples"] == 10 and result.metrics["eval_examples"] == 10
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert not set(saved["train_rows"]) & set(saved["eval_rows"])
+    assert (table["label"].iloc[saved["train_rows"]].value_counts() == 5).all()
+    assert result.metrics["batch_size"] == 8
+
+
+def test_gpt2_classifies_from_its_last_token(models: dict[str, Path]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = finetune(reviews(24), config(models["gpt2"], steps=2),
+                          evaluation=reviews(8, seed=1))  # fmt: skip
+    assert result.adapted.inner.pooling == "last"
