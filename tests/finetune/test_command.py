@@ -1,0 +1,138 @@
+"""`deeplora finetune`: a run on files, resume, and every bad input as one line, exit 2,
+nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplora.cli import _target_modules, main
+from deeplora.finetune import FinetuneConfig, finetune
+
+from .conftest import completions, reviews
+
+FAST = ["--steps", "4", "--batch-size", "8", "--max-length", "16", "--no-progress"]
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    paths = {"train": tmp_path / "train.csv", "eval": tmp_path / "eval.tsv",
+             "lm": tmp_path / "lm.jsonl"}  # fmt: skip
+    reviews(24).to_csv(paths["train"], index=False)
+    reviews(8, seed=1).to_csv(paths["eval"], sep="\t", index=False)
+    completions(12).to_json(paths["lm"], orient="records", lines=True)
+    return paths
+
+
+def test_classification_run(models: dict[str, Path], files: dict[str, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["finetune", str(files["train"]), "--eval", str(files["eval"]), "--model",
+            str(models["bert"]), "--n", "16", "--balanced", "--out", str(out), *FAST]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "evaluation (8 examples): accuracy" in printed
+    assert "zero-training baseline (majority class" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_examples"] == 16 and metrics["steps"] == 4
+    assert main(argv) == 2  # a finished run is not overwritten by accident
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--method", "lora"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["method"] == "lora"
+    assert not (out / "peft").exists()
+
+
+def test_causal_lm_run_prints_generations(models: dict[str, Path], files: dict[str, Path],
+                                          tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          ) -> None:  # fmt: skip
+    argv = ["finetune", str(files["lm"]), "--task", "causal-lm", "--model", str(models["llama"]),
+            "--eval-fraction", "0.25", "--generations", "2", "--max-new-tokens", "3",
+            "--out", str(tmp_path / "o"), *FAST]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "evaluation (3 examples): loss" in printed and "perplexity" in printed
+    assert printed.count("'rate : the food was") == 2  # the two generations
+
+
+def test_resume_on_the_command_line(models: dict[str, Path], files: dict[str, Path],
+                                    tmp_path: Path) -> None:  # fmt: skip
+    common = [str(files["train"]), "--eval", str(files["eval"]), "--model", str(models["bert"]),
+              "--checkpoint-every", "2", *FAST]  # fmt: skip
+    assert main(["finetune", *common, "--out", str(tmp_path / "a")]) == 0
+    config = FinetuneConfig(model=str(models["bert"]), steps=4, batch_size=8, max_length=16,
+                            checkpoint_every=2, progress=False)  # fmt: skip
+
+    def stop(step: int, idx: np.ndarray, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(files["train"], config, evaluation=files["eval"], out=tmp_path / "b",
+                 on_step=stop)  # fmt: skip
+    assert main(["finetune", *common, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
+    assert a["eval"] == b["eval"] and a["history"] == b["history"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{train}", "--text-column", "review"],
+         "training data: no column 'review' (the text_column); the columns are: 'text', "
+         "'other', 'label', 'score'"),
+        (["{empty}"], "is empty"),
+        (["{header}"], "has no rows"),
+        (["{train}", "--eval", "{unseen}"], "label(s) 'mixed' never occur in the training data"),
+        (["{train}", "--n", "100"], "n=100 is more than the 19 training example(s) available "
+                                    "after holding out 5"),
+        (["{train}", "--eval", "{eval}", "--n", "25"], "n=25 is more than the 24"),
+        (["{train}", "--model", "{not_model}"], "is not a model folder: it has no config.json"),
+        (["{train}", "--model", "{broken}"], "is not a model: its config cannot be read"),
+        (["{train}", "--model", "{train}"], "is not a model: give a Hugging Face model folder"),
+        (["{train}", "--model", "{missing}"], "does not exist"),
+        (["{missing}"], "training data: {missing} does not exist"),
+        (["{train}", "--task", "regression"], "must hold numbers for regression"),
+        (["{train}", "--lr", "0"], "lr must be > 0"),
+        (["{train}", "--method", "lora", "--export-peft"], "already saves a PEFT adapter"),
+        (["{train}", "--demo"], "give a TRAIN file or --demo (not both)"),
+        ([], "give a TRAIN file or --demo (not both)"),
+        (["--demo", "--task", "regression"], "--demo is a classification of its own data"),
+        (["{train}", "--target-modules", "nothing_here"], "matches no module"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    args: list[str], message: str, models: dict[str, Path], files: dict[str, Path],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("text,label\n")
+    unseen = reviews(6, seed=2)
+    unseen.loc[3, "label"] = "mixed"
+    unseen.to_csv(tmp_path / "unseen.csv", index=False)
+    (tmp_path / "not_model").mkdir()
+    (tmp_path / "not_model" / "notes.txt").write_text("hello")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{")
+    names = {"train": files["train"], "eval": files["eval"], "empty": tmp_path / "empty.csv",
+             "header": tmp_path / "header.csv", "unseen": tmp_path / "unseen.csv",
+             "not_model": tmp_path / "not_model", "broken": tmp_path / "broken",
+             "missing": tmp_path / "missing.csv"}  # fmt: skip
+    argv = [a.format(**names) for a in args]
+    if "--model" not in argv:
+        argv += ["--model", str(models["bert"])]
+    out = tmp_path / "out"
+    assert main(["finetune", *argv, "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert message.format(**names) in err[0]
+    assert not out.exists()
+
+
+def test_target_modules_option() -> None:
+    assert _target_modules("query-value") == "query-value"
+    assert _target_modules("all-linear") == "all-linear"
+    assert _target_modules("query, value") == ["query", "value"]
+    assert _target_modules(r".*\.(query|key)") == r".*\.(query|key)"
