@@ -10,7 +10,8 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add every benchmark as a subcommand of ``deeplora bench``."""
-    from . import adapters, completion
+    from . import adapters, completion, fewshot
 
     completion.add_parser(sub)
     adapters.add_parser(sub)
+    fewshot.add_parser(sub)

