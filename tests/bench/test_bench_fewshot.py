@@ -183,6 +183,15 @@ def test_run_log_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
     assert fresh.records == {} and len(path.read_text().splitlines()) == 1
 
 
+def test_stratified_subsample_keeps_the_class_shares() -> None:
+    labels = pd.Series(["great"] * 658 + ["other"] * 342)
+    keep = fewshot.stratified(labels, 300)
+    assert len(keep) == len(set(keep)) == 300 and list(keep) == sorted(keep)
+    assert (labels.iloc[keep] == "great").sum() == 197  # 197.4 -> 197, 102.6 -> 103
+    assert list(fewshot.stratified(labels, 300)) == list(keep)  # fixed
+    assert list(fewshot.stratified(labels, 300, seed=1)) != list(keep)
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="base rank 8"):
         Settings(ranks=(4, 16))
@@ -257,7 +266,8 @@ def test_quick_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     report = json.loads(out.read_text())
     assert report["settings"]["steps"] == 4 and report["quick"]
     assert report["data"]["pool"] == 220 and report["data"]["validation"] == 20
-    assert report["data"]["test"] == 50  # a fixed subsample of the 60
+    assert report["data"]["test"] == 50  # a fixed subsample of the 60 that keeps 2:1
+    assert report["data"]["test_majority"] == pytest.approx(33 / 50)
     runs = report["runs"]
     assert len(runs) == 16
     assert all(r["threads"] == 1 and r["steps"] == 4 for r in runs)

@@ -9,7 +9,8 @@ data
     ``testing_data`` (1,000). A fixed validation split (``--val-size`` reviews, seed 0, by
     :func:`~deeplora.finetune.hold_out`) is held out of the *training* data; the few-shot
     samples (:func:`~deeplora.finetune.few_shot`, by seed, not balanced: the library default)
-    are drawn from the rest. The test reviews are used only for the reported numbers.
+    are drawn from the rest. The test reviews are used only for the reported numbers
+    (``--test-size``: a fixed subsample that keeps the class shares).
 cells
     n = 16, 64, 256 at rank 8 (accuracy vs n) and ranks 4, 8, 16, 32, 64 at n = 16 (accuracy
     vs rank), seeds 0 .. S-1 for each; the seed sets the sample, the head and adapter init and
@@ -92,7 +93,7 @@ class Settings:
     batch_size: int = 16
     max_length: int = 64  # tokens per review (longer ones are cut)
     val_size: int = 300  # validation reviews held out of the training data
-    test_size: int | None = None  # test reviews (None: all 1,000; else a fixed subsample)
+    test_size: int | None = None  # test reviews (None: all 1,000; else a stratified subsample)
     workers: int = 2  # single-threaded worker processes
 
     def __post_init__(self) -> None:
@@ -234,10 +235,22 @@ def load_tables(settings: Settings) -> Tables:
                          "left after the validation split")  # fmt: skip
     total = len(test)
     if settings.test_size is not None and settings.test_size < total:
-        rng = np.random.default_rng([DATA_SEED, 4])
-        keep = np.sort(rng.choice(len(test), size=settings.test_size, replace=False))
-        test = test.iloc[keep].reset_index(drop=True)
+        test = test.iloc[stratified(test[LABEL], settings.test_size)].reset_index(drop=True)
     return Tables(pool, validation, test, total)
+
+
+def stratified(labels: pd.Series, size: int, seed: int = DATA_SEED) -> np.ndarray:
+    """Sorted positions of ``size`` rows drawn by ``seed`` that keep every label's share
+    (largest remainders get the rounding)."""
+    rng = np.random.default_rng([seed, 4])
+    values = labels.to_numpy()
+    classes, counts = np.unique(values, return_counts=True)
+    exact = counts * size / len(values)
+    take = np.floor(exact).astype(np.int64)
+    take[np.argsort(-(exact - take), kind="stable")[: size - int(take.sum())]] += 1
+    chosen = [rng.choice(np.flatnonzero(values == c), size=k, replace=False)
+              for c, k in zip(classes, take)]  # fmt: skip
+    return np.sort(np.concatenate(chosen))
 
 
 _TABLES: Tables | None = None
@@ -639,7 +652,7 @@ def run(args: argparse.Namespace) -> int:
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
     print(f"model {settings.model}; data: {len(tables.pool)} training reviews to sample from, "
           f"{len(tables.validation)} validation (held out of training), {len(tables.test)} test"
-          + (f" (a fixed subsample of {tables.test_total})"
+          + (f" (a fixed stratified subsample of {tables.test_total})"
              if len(tables.test) < tables.test_total else "")
           + f"; test majority class {majority:.3f}")
     print(f"per run: {settings.steps} steps of batch {settings.batch_size} (all n if n < "
