@@ -172,9 +172,9 @@ def test_run_log_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
     jobs = [Job("test", "deep-lora", 16, 8, s, None) for s in range(2)]
     again = RunLog(path, SMALL, resume=True, overwrite=False)
     assert again.missing(jobs) == jobs[1:]
-    more_seeds = RunLog(path, Settings(**{**SMALL.__dict__, "seeds": 9}), resume=True,
-                        overwrite=False)  # fmt: skip
-    assert list(more_seeds.records.values()) == [first]
+    more = RunLog(path, Settings(**{**SMALL.__dict__, "seeds": 9, "ranks": (8, 32)}),
+                  resume=True, overwrite=False)  # fmt: skip
+    assert list(more.records.values()) == [first]
     with pytest.raises(ValueError, match="other settings \\(steps\\)"):
         RunLog(path, Settings(**{**SMALL.__dict__, "steps": 7}), resume=True, overwrite=False)
     with pytest.raises(ValueError, match="--resume to continue"):
@@ -271,6 +271,7 @@ def test_quick_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     runs = report["runs"]
     assert len(runs) == 16
     assert all(r["threads"] == 1 and r["steps"] == 4 for r in runs)
+    assert all(r["cpu_seconds"] > 0 and r["seconds"] > 0 for r in runs)
     assert {r["eval_examples"] for r in runs if r["split"] == "test"} == {50}
     assert {r["eval_examples"] for r in runs if r["split"] == "validation"} == {20}
     for r in runs:

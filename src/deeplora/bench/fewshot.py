@@ -37,7 +37,9 @@ Deep LoRA's spread across ranks <= half of LoRA's.
 Runs are spread over ``--workers`` single-threaded 'spawn' processes. Each finished run is
 appended (one JSON line, flushed and fsynced) to a run log; ``--resume`` skips the runs the
 log already holds (a torn last line is ignored), so a killed benchmark continues where it
-stopped, and with more ``--seeds`` it adds seeds to an earlier run.
+stopped; with more ``--seeds`` (or other ``--ns`` / ``--ranks``) it adds runs to an earlier
+benchmark, as long as the settings that decide a run (model, steps, batch, tokens, validation
+and test sizes, alpha) are the same.
 """
 
 from __future__ import annotations
@@ -72,8 +74,11 @@ SPREAD_TARGET = 0.5  # Deep LoRA's spread across ranks at most this times LoRA's
 SELECTION_SEED0 = 1000  # lr-selection seeds start here, apart from the test seeds 0 .. S-1
 DATA_SEED = 0  # the validation split
 TEXT, LABEL = "review", "score"
-# settings a resumed benchmark may change: they do not alter what a run computes
-FREE = ("seeds", "workers")
+# the settings that decide what a run computes (with its split, method, n, rank, seed and lr,
+# which its key holds): a resumed benchmark must keep them; the rest (ns, ranks, seeds, the lr
+# grid, workers) only decide which runs there are, so --resume can add cells or seeds
+RUN_SETTINGS = ("model", "steps", "batch_size", "max_length", "val_size", "test_size",
+                "alpha_per_rank")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -269,7 +274,7 @@ def run_job(job: Job) -> dict[str, Any]:
     assert _TABLES is not None and _SETTINGS is not None, "call _init_worker first"
     config = finetune_config(_SETTINGS, job)
     evaluation = _TABLES.validation if job.split == "validation" else _TABLES.test
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = finetune(_TABLES.pool, config, evaluation=evaluation)
     metrics = result.metrics
     return {
@@ -288,6 +293,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "steps": metrics["steps"],
         "threads": metrics["threads"],
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,  # this process's CPU time: less noisy
     }
 
 
@@ -331,7 +337,7 @@ class RunLog:
         if resume and overwrite:
             raise ValueError("--resume continues a benchmark and --overwrite starts it again: "
                              "choose one")  # fmt: skip
-        mine = {k: v for k, v in settings.to_dict().items() if k not in FREE}
+        mine = {k: v for k, v in settings.to_dict().items() if k in RUN_SETTINGS}
         if path.exists() and path.stat().st_size and not (resume or overwrite):
             raise ValueError(f"{path} holds runs of an earlier benchmark; pass --resume to "
                              "continue it or --overwrite to start again")  # fmt: skip
@@ -340,7 +346,7 @@ class RunLog:
             header = _parse(lines[0])
             if not header or header.get("kind") != RUNS_KIND:
                 raise ValueError(f"{path} is not a fewshot benchmark run log")
-            saved = {k: v for k, v in header["settings"].items() if k not in FREE}
+            saved = {k: v for k, v in header["settings"].items() if k in RUN_SETTINGS}
             changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             if changed:
                 raise ValueError(f"{path} was written with other settings ({', '.join(changed)});"
@@ -351,7 +357,8 @@ class RunLog:
                     self.records[record_key(record)] = record
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = {"kind": RUNS_KIND, "format_version": FORMAT_VERSION, "settings": mine}
+        header = {"kind": RUNS_KIND, "format_version": FORMAT_VERSION,
+                  "settings": settings.to_dict()}  # fmt: skip
         with open(path, "w", encoding="utf-8") as f:
             f.write(json.dumps(header) + "\n")
             f.flush()
@@ -693,8 +700,9 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(render(summary, selection, settings))
     print(f"\nwall time {elapsed:.0f} s for the runs of this invocation "
-          f"({settings.workers} worker(s) x 1 thread); CPU seconds summed over runs "
-          f"{sum(r['seconds'] for r in records):.0f}")  # fmt: skip
+          f"({settings.workers} worker(s) x 1 thread); summed over the runs: "
+          f"{sum(r['seconds'] for r in records):.0f} s wall, "
+          f"{sum(r.get('cpu_seconds', math.nan) for r in records):.0f} s CPU")  # fmt: skip
     report: dict[str, Any] = {
         "benchmark": "fewshot",
         "format_version": FORMAT_VERSION,
