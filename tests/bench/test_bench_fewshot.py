@@ -175,6 +175,10 @@ def test_run_log_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
     more = RunLog(path, Settings(**{**SMALL.__dict__, "seeds": 9, "ranks": (8, 32)}),
                   resume=True, overwrite=False)  # fmt: skip
     assert list(more.records.values()) == [first]
+    second = record("test", "deep-lora", 16, 8, 1, None, 0.6)
+    more.add(second)  # after the torn line was dropped, the appended line is whole
+    assert list(RunLog(path, SMALL, resume=True, overwrite=False).records.values()) == [
+        first, second]  # fmt: skip
     with pytest.raises(ValueError, match="other settings \\(steps\\)"):
         RunLog(path, Settings(**{**SMALL.__dict__, "steps": 7}), resume=True, overwrite=False)
     with pytest.raises(ValueError, match="--resume to continue"):

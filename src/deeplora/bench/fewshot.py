@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._io import write_json
+from .._io import atomic_open, write_json
 from ..finetune import FinetuneConfig, examples_from_table, finetune, hold_out, load_reviews
 from ..finetune.config import DEFAULT_HEAD_LR, DEFAULT_LR
 from ._common import describe_machine, fmt, machine_info, table
@@ -355,6 +355,8 @@ class RunLog:
                 record = _parse(line)
                 if record is not None:  # a line torn by a kill is skipped (run again)
                     self.records[record_key(record)] = record
+            with atomic_open(path) as f:  # without the torn line, so appends start clean
+                f.write("\n".join([lines[0], *map(json.dumps, self.records.values())]) + "\n")
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"kind": RUNS_KIND, "format_version": FORMAT_VERSION,
