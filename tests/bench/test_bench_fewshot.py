@@ -89,6 +89,19 @@ def test_missed_targets() -> None:
     assert "MISSED" in text and "0.790 ± 0.014" in text
 
 
+def test_equal_means_meet_the_mean_target() -> None:
+    # 0.648 + 0.690 and 0.704 + 0.634 are the same counts of 500; their float sums differ
+    deep = {(16, 4): [0.6, 0.6], (16, 8): [0.648, 0.690], (16, 16): [0.6, 0.6],
+            (64, 8): [0.8, 0.8]}  # fmt: skip
+    lora = {(16, 4): [0.6, 0.6], (16, 8): [0.704, 0.634], (16, 16): [0.6, 0.6],
+            (64, 8): [0.8, 0.8]}  # fmt: skip
+    summary = aggregate(synthetic(SMALL, deep, lora), SMALL)
+    per_n = summary["targets"]["mean_at_every_n"]["per_n"]
+    assert per_n[0]["deep_lora"] == pytest.approx(per_n[0]["lora"])
+    assert summary["targets"]["mean_at_every_n"]["met"] is True
+    assert summary["targets"]["rank_spread"]["met"] is False  # the same spread: not half
+
+
 def test_missing_cells_leave_targets_undecided() -> None:
     deep = {(16, 8): [0.7, 0.7]}
     lora = {(16, 8): [0.6, 0.6]}
