@@ -580,7 +580,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "deeplora.finetune: Deep LoRA at its defaults against PEFT LoRA (alpha = 2 x rank, lr "
         "chosen per n on a validation split of the training data) at n = 16, 64, 256 and ranks "
         "4-64 at n = 16, several seeds each. Prints mean ± std per cell and the targets; "
-        "--json, --plot save them. The default run fits in about an hour on 2 cores.",
+        "--json, --plot save them. The default is 88 runs of 100 steps, sized for about an hour "
+        "on 2 cores (2 single-threaded workers); --resume continues a killed run.",
     )
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (n 16, 64; ranks 4, 8; 2 seeds; 15 steps; 128 test reviews):"
