@@ -18,6 +18,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/deeplora complete --demo
+	$(BIN)/deeplora finetune --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
