@@ -18,6 +18,7 @@ import torch
 from deeplora.bench import fewshot
 from deeplora.bench.fewshot import Job, RunLog, Settings, aggregate, select_lrs
 from deeplora.cli import main
+from deeplora.finetune import DEFAULT_LR
 
 torch.set_num_threads(1)
 
@@ -297,7 +298,7 @@ def test_quick_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             if r["split"] == "test":  # the lr chosen on validation for that n
                 assert r["lr"] == report["selection"][str(r["n"])]["chosen"]
         else:
-            assert r["lr"] is None and r["lr_used"] == 1e-3
+            assert r["lr"] is None and r["lr_used"] == DEFAULT_LR["deep-lora"]
     assert aggregate(runs, Settings(**{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in report["settings"].items()})) == {
         k: report[k] for k in ("cells", "spread", "targets")}  # fmt: skip

@@ -16,7 +16,7 @@ cells
     vs rank), seeds 0 .. S-1 for each; the seed sets the sample, the head and adapter init and
     the data order, so both methods see the same examples for a seed.
 Deep LoRA
-    the library defaults, not tuned: depth 3, orthogonal init with eps 1e-3, lr 1e-3
+    the library defaults, not tuned: depth 3, orthogonal init with eps 1e-3, lr 3e-3
     (``DEFAULT_LR``), head lr 1e-3.
 PEFT LoRA
     ``lora_alpha = 2 * rank``: the rule of thumb most PEFT examples and guides use (r 8 /
