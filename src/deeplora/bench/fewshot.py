@@ -324,6 +324,36 @@ def execute(
             done(record)
 
 
+def run_benchmark(
+    settings: Settings,
+    tables: Tables,
+    log: RunLog,
+    done: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the benchmark's jobs that ``log`` does not hold yet, in two phases: PEFT LoRA's lr
+    selection (validation) with Deep LoRA's test runs, then PEFT LoRA's test runs at the lr
+    chosen per n. Each finished run is added to ``log``, then passed to ``done``. Returns the
+    selection (:func:`select_lrs`) and the records of this benchmark's jobs (for
+    :func:`aggregate`); records of other jobs in ``log`` are left out."""
+
+    def logged(record: dict[str, Any]) -> None:
+        log.add(record)
+        if done is not None:
+            done(record)
+
+    selection_all = selection_jobs(settings)
+    deep_all = measured_jobs(settings, "deep-lora")
+    # phase 1: the lr selection and Deep LoRA's test runs (which need no selection)
+    execute(log.missing(selection_all + deep_all), settings, tables, logged)
+    selection = select_lrs(log.records.values(), settings)
+    lrs = {n: selection[str(n)]["chosen"] for n in settings.ns}
+    # phase 2: PEFT LoRA's test runs at the chosen lr
+    lora_all = measured_jobs(settings, "lora", lrs)
+    execute(log.missing(lora_all), settings, tables, logged)
+    wanted = {j.key for j in selection_all + deep_all + lora_all}
+    return selection, [r for k, r in log.records.items() if k in wanted]
+
+
 # =========================================================================== run log
 class RunLog:
     """Finished runs, one JSON line each after a header line with the settings."""
@@ -682,24 +712,15 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     finished = len(log.records)
 
-    def done(record: dict[str, Any]) -> None:
+    def done(record: dict[str, Any]) -> None:  # after run_benchmark logged it
         nonlocal finished
-        log.add(record)
         finished += 1
         job = Job(**{k: record[k] for k in ("split", "method", "n", "rank", "seed", "lr")})
         print(f"[{finished}/{total_runs}] {job.describe()}: accuracy {record['accuracy']:.3f}, "
               f"macro-F1 {record['macro_f1']:.3f} ({record['seconds']:.0f} s; "
               f"{time.perf_counter() - start:.0f} s elapsed)", flush=True)  # fmt: skip
 
-    # phase 1: the lr selection and Deep LoRA's test runs (which need no selection)
-    execute(log.missing(selection_all + deep_all), settings, tables, done)
-    selection = select_lrs(log.records.values(), settings)
-    lrs = {n: selection[str(n)]["chosen"] for n in settings.ns}
-    # phase 2: PEFT LoRA's test runs at the chosen lr
-    lora_all = measured_jobs(settings, "lora", lrs)
-    execute(log.missing(lora_all), settings, tables, done)
-    wanted = {j.key for j in selection_all + deep_all + lora_all}
-    records = [r for k, r in log.records.items() if k in wanted]
+    selection, records = run_benchmark(settings, tables, log, done)
     summary = aggregate(records, settings)
     elapsed = time.perf_counter() - start
     print()
