@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from deeplora.adapters import DeepLoraLayer, load_adapter
-from deeplora.finetune import FinetuneConfig, PooledModel, finetune
+from deeplora.finetune import Adapted, FinetuneConfig, PooledModel, finetune
 
 from .conftest import completions, reviews
 
@@ -164,6 +164,26 @@ def test_resume_gives_the_uninterrupted_result(models: dict[str, Path], tmp_path
     a, b = load_file(tmp_path / "full" / "adapter" / name), load_file(out / "adapter" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (out / "checkpoint").exists()  # a finished run keeps only its outputs
+
+
+@pytest.mark.parametrize("method", ["deep-lora", "lora"])
+def test_on_attach_sees_the_model_before_the_first_step(models: dict[str, Path],
+                                                         method: str) -> None:  # fmt: skip
+    events: list[tuple[str, int]] = []
+    start: dict[str, torch.Tensor] = {}
+
+    def on_attach(adapted: Adapted) -> None:
+        assert adapted.method == method
+        events.append(("attach", 0))
+        start.update({n: p.detach().clone() for n, p in adapted.trainable().items()})
+
+    result = finetune(reviews(24), config(models["bert"], method=method, steps=3),
+                      evaluation=reviews(8, seed=1), on_attach=on_attach,
+                      on_step=lambda s, i, v: events.append(("step", s)))  # fmt: skip
+    assert events == [("attach", 0), ("step", 1), ("step", 2), ("step", 3)]
+    trained = result.adapted.trainable()
+    assert start.keys() == trained.keys()  # the very parameters that train, seen untrained
+    assert any(not torch.equal(start[n], p) for n, p in trained.items())
 
 
 def test_methods_share_data_order_head_and_evaluation(models: dict[str, Path]) -> None:

@@ -222,6 +222,7 @@ def finetune(
     overwrite: bool = False,
     export_peft: bool = False,
     on_step: StepHook | None = None,
+    on_attach: Callable[[Adapted], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune a pretrained model on ``train`` (a CSV/TSV/JSONL file or a DataFrame) and
     evaluate it on ``evaluation`` (or a held-out ``config.eval_fraction`` of ``train``).
@@ -229,7 +230,11 @@ def finetune(
     With ``out``, writes the output folder (see the module docstring) and checkpoints every
     ``config.checkpoint_every`` steps; ``resume=True`` continues a killed run to the same
     result as an uninterrupted one. ``on_step(step, example_indices, loss)`` is called after
-    every optimizer step.
+    every optimizer step. ``on_attach(adapted)`` is called once with the model prepared for
+    training (adapter attached, head built) before the first step, and before a checkpoint
+    is loaded with ``resume``: e.g. to build a
+    :class:`deeplora.diagnostics.recorder.SubspaceRecorder` on ``adapted.model`` and record
+    step 0, then pass its ``on_step`` as ``on_step``.
     """
     start = time.perf_counter()
     config = FinetuneConfig() if config is None else config
@@ -275,6 +280,8 @@ def finetune(
     adapted = attach(model, config, task.head, first_batch_loss)
     if out_dir is not None and overwrite:
         _clear(out_dir)
+    if on_attach is not None:
+        on_attach(adapted)
     trainer = Trainer(
         adapted, task, train_features, config, pad_id,
         evaluate=lambda: run_eval(adapted.model)[0],
