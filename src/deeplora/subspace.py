@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.sparse.linalg import svds
+from scipy.sparse.linalg import LinearOperator, svds
 
 Init = Literal["orthogonal", "identity"]
 
@@ -91,15 +91,17 @@ def orth(m: torch.Tensor) -> torch.Tensor:
 
 
 def top_singular(
-    matrix: torch.Tensor | np.ndarray | sp.spmatrix | sp.sparray,
+    matrix: torch.Tensor | np.ndarray | sp.spmatrix | sp.sparray | LinearOperator,
     k: int,
     *,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The top-``k`` singular triplets ``(U, S, V)`` of a dense or scipy.sparse matrix.
+    """The top-``k`` singular triplets ``(U, S, V)`` of a dense or scipy.sparse matrix, or
+    of a :class:`~scipy.sparse.linalg.LinearOperator` (known only through its products).
 
-    Sparse matrices use Lanczos (ARPACK) with cost O(nnz * k) per iteration and a seeded start
-    vector; small or dense ones a full SVD. Singular values come in descending order.
+    Sparse matrices and operators use Lanczos (ARPACK) with cost O(nnz * k) per iteration and
+    a seeded start vector; small or dense matrices a full SVD (a small operator is applied to
+    the identity first). Singular values come in descending order.
     """
     if isinstance(matrix, torch.Tensor):
         matrix = matrix.detach().cpu().numpy()
@@ -107,6 +109,14 @@ def top_singular(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     small = min(m, n) <= max(64, 3 * k) or m * n <= 250_000
+    if isinstance(matrix, LinearOperator):
+        if small:
+            matrix = np.asarray(matrix.matmat(np.eye(n)))
+        else:
+            v0 = np.random.default_rng(seed).standard_normal(min(m, n))
+            u, s, vt = svds(matrix, k=k, v0=v0, tol=0, return_singular_vectors=True)
+            order = np.argsort(s)[::-1]
+            return u[:, order], s[order], vt[order].T
     if small or not sp.issparse(matrix):
         dense = sp.csr_matrix(matrix).toarray() if sp.issparse(matrix) else np.asarray(matrix)
         u, s, vt = np.linalg.svd(dense, full_matrices=False)

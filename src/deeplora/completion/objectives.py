@@ -102,6 +102,10 @@ class Completion(Objective):
     def __len__(self) -> int:
         return len(self.values)
 
+    def observed_norm(self) -> float:
+        """``||P_Omega(Phi)||_F``, the scale of the relative training residual."""
+        return float(self.values.double().norm())
+
     def predict(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``(a v^T)_ij`` on Omega (in CSR order), one sampled product."""
         return torch.sparse.sampled_addmm(self._pattern, a, v.T, beta=0.0).values()

@@ -249,7 +249,7 @@ class GradientDescent(ABC):
         from .objectives import Completion
 
         if isinstance(self.objective, Completion):
-            return float(self.objective.values.double().norm())
+            return self.objective.observed_norm()
         zero = torch.zeros(self.shape[0], 1, dtype=self.config.torch_dtype)
         loss, _, _ = self.objective.low_rank(zero, torch.zeros(self.shape[1], 1,
                                                                dtype=zero.dtype))
