@@ -559,43 +559,13 @@ def render(summary: dict[str, Any], selection: dict[str, Any], settings: Setting
 def plot(summary: dict[str, Any], settings: Settings, path: Path,
          majority: float | None = None) -> list[Path]:  # fmt: skip
     """Accuracy vs n (at the base rank) and accuracy vs rank (at rank_n), both methods with
-    std error bars, written to ``path`` (PNG) and the same name with ``.svg``."""
-    import matplotlib
+    std error bars, written to ``path`` (PNG) and the same name with ``.svg``
+    (:func:`deeplora.diagnostics.plots.plot_fewshot`)."""
+    from ..diagnostics.plots import plot_fewshot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by = {(c["method"], c["n"], c["rank"]): c["accuracy"] for c in summary["cells"]}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for axis, xs, key, xlabel, title in (
-        (left, settings.ns, lambda x: (x, settings.base_rank), "training examples n",
-         f"accuracy vs n (rank {settings.base_rank})"),
-        (right, settings.ranks, lambda x: (settings.rank_n, x), "rank",
-         f"accuracy vs rank (n = {settings.rank_n})"),
-    ):  # fmt: skip
-        for offset, (method, marker) in zip((0.97, 1.03), (("deep-lora", "o"), ("lora", "s"))):
-            stats = [by[(method, *key(x))] for x in xs]
-            shown = [(x * offset, s["mean"], s["std"] or 0.0) for x, s in zip(xs, stats)
-                     if s["mean"] is not None]  # fmt: skip
-            if shown:
-                px, py, pe = zip(*shown)
-                axis.errorbar(px, py, yerr=pe, marker=marker, capsize=3, label=LABELS[method])
-        if majority is not None:
-            axis.axhline(majority, color="grey", linestyle=":", label="majority class")
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(list(xs), [str(x) for x in xs])
-        axis.minorticks_off()
-        axis.set_xlabel(xlabel)
-        axis.set_ylabel("test accuracy (mean ± std over seeds)")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    svg = path.with_suffix(".svg")
-    fig.savefig(path, dpi=120)
-    fig.savefig(svg)
-    plt.close(fig)
-    return [path, svg]
+    return plot_fewshot(summary, path.with_suffix(""), ns=settings.ns, ranks=settings.ranks,
+                        base_rank=settings.base_rank, rank_n=settings.rank_n,
+                        majority=majority, labels=LABELS)  # fmt: skip
 
 
 # =========================================================================== command
