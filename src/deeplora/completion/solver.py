@@ -26,6 +26,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -306,12 +307,19 @@ class GradientDescent(ABC):
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 1000,
         resume: bool = False,
+        callback: Callable[[GradientDescent], None] | None = None,
     ) -> FitResult:
         """Iterate until a stopping rule fires (see the module docstring).
 
         With ``checkpoint``, the state is written there atomically every
         ``checkpoint_every`` steps; ``resume=True`` continues from it, and the run ends as an
         uninterrupted one would.
+
+        ``callback(solver)`` is called after every completed step (``solver.t`` is then the
+        number of steps done, before that step's evaluation), e.g. a
+        :class:`deeplora.diagnostics.SubspaceRecorder`. Its time is not counted in the
+        history's ``seconds``. After an automatic-step back-off ``solver.t`` goes back: the
+        next call sees a step it has seen before (the recorder drops its later records).
         """
         cfg = self.config
         if resume and checkpoint is not None and Path(checkpoint).is_dir():
@@ -334,6 +342,8 @@ class GradientDescent(ABC):
                 self._low = min(self._low, loss)
                 self.t += 1
                 bar.update(1)
+                if callback is not None:
+                    callback(self)
                 if self.t % cfg.eval_every == 0 or self.t == cfg.max_steps or self.t == 1:
                     row = self.evaluate(loss)
                     self.history.append(**row)

@@ -1,0 +1,864 @@
+"""Record how the learned low-rank updates evolve: spectra, subspace alignment, effective rank,
+and the part of each change outside the predicted slice (PAPER.md 2 and 4.1).
+
+A *source* returns the current factors ``[W_1, ..., W_L]`` of one tracked matrix
+``M = W_L ... W_1`` (a Deep LoRA ``dW``, a PEFT LoRA ``scaling * B A``, one layer or the
+end-to-end map of a deep factorization, ``W(t) - W(0)`` under full fine-tuning). At each
+scheduled step :class:`SubspaceRecorder` reads every source and stores, per matrix:
+
+- the top-k singular values ``s_1 >= ... >= s_k`` of ``M`` (exact, float64) and the top-k of
+  each factor ``W_l``;
+- the principal-angle cosines between the top-k left / right singular subspaces ``span(U_k)``,
+  ``span(V_k)`` and a reference pair ``(U_ref, V_ref)``: with orthonormal bases ``Q_a, Q_b``
+  they are the singular values of ``Q_a^T Q_b``, descending, 1 for a shared direction, 0 for
+  an orthogonal one. The reference is the last record's top-k (``"final"``: how early the
+  final subspace is found), the first record's (``"first"``), a given pair per matrix (e.g. the
+  slice predicted at init), or ``"predicted"`` (the ``slices`` below);
+- the effective rank (PAPER.md 4.1: in the authors' runs most Deep LoRA updates had spectral
+  norm <= 1e-3 or rank 1-4): ``#{i : s_i > rank_atol}`` and ``#{i : s_i > rank_rtol * s_1}``;
+- optionally, with a slice ``(M0, U, V)`` (orthonormal ``U``, ``V``), the relative part of the
+  change ``D = M(t) - M0`` outside ``span(U) x span(V)``:
+  ``outside = ||D - U U^T D V V^T||_F / ||D||_F`` (0 when ``D = 0``). The theorem of PAPER.md 2
+  says that under gradient descent on a deep factorization from an eps-orthogonal init only
+  the 2 r_hat-wide slice of each layer moves, ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T``:
+  ``outside`` stays near zero (for factorization only the common scale of the eps block
+  drifts, by O(lr eps^5) per step: ~5e-10 of the change in our 12 x 12, eps = 1e-3 test; for
+  completion the slice is invariant only approximately), and all but 2 r_hat singular values
+  of each layer stay at eps.
+  :meth:`SubspaceRecorder.from_solver` with ``r_hat`` builds these slices from the init
+  (:func:`predicted_bases`, PAPER.md 3.1).
+
+Cost of one record, per matrix with factors of sizes ``d_l x d_{l-1}`` and narrowest inner
+width ``w``: when ``w < min(d_out, d_in)`` (LoRA-like) the SVD never forms ``M``: two thin QRs
+and a ``w x w`` SVD, ``O(sum_l d_l d_{l-1} w + (d_out + d_in) w^2)``; otherwise one dense SVD
+``O(d_out d_in min(d_out, d_in))``. Plus one small SVD per factor, ``O(k^2 (d_out + d_in))`` for
+the cosines and ``O(d_out d_in w)`` for ``outside`` (dense, only with a slice). Measured: for
+all-MiniLM-L6-v2 with Deep LoRA on query/value (12 matrices 384 x 384, width 8, depth 3) a
+record at k = 8 takes 10-18 ms on one (busy) CPU core, about 1% of a training step there
+(batch 16, sequence 64: 1.6 s), and ``finish()`` with ``reference="final"`` about 2 ms per record;
+:attr:`SubspaceRecorder.seconds_per_record` measures it on your run. Memory:
+``reference="final"`` keeps the top-k vectors of every record until
+:meth:`SubspaceRecorder.finish`, in float32: ``4 (d_out + d_in) k`` bytes per matrix per record
+(MiniLM above: 0.3 MB per record, 0.3 GB for 1000 records; record less often with ``every`` /
+``steps``, or use ``reference="first"`` or a given reference, which keep only the numbers,
+``O(k L)`` per matrix per record). Cosines against the float32 vectors are accurate to ~1e-6.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._io import FORMAT_VERSION, atomic_open, check_version, read_json, write_json
+from ..subspace import chain, chain_grads, compress_dense, orth
+
+if TYPE_CHECKING:
+    from ..completion.solver import GradientDescent
+
+__all__ = [
+    "LayerTrace",
+    "Recording",
+    "Source",
+    "SubspaceRecorder",
+    "factored_svd",
+    "model_sources",
+    "predicted_bases",
+    "solver_sources",
+    "weight_sources",
+]
+
+Source = Callable[[], list[torch.Tensor]]
+"""Returns the current factors ``[W_1, ..., W_L]`` of one tracked matrix ``M = W_L ... W_1`` (a
+one-element list for a dense matrix); the tensors are only read."""
+
+KIND = "deeplora.recording"
+REFERENCES = ("final", "first", "predicted")
+_FIELDS = ("singular_values", "factor_singular_values", "cosines_left", "cosines_right",
+           "rank_atol", "rank_rtol", "outside")
+
+
+# ----------------------------------------------------------------------------- linear algebra
+
+
+def _as64(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.device.type == "mps":  # no float64 there
+        t = t.cpu()
+    return t.to(torch.float64)
+
+
+def _check_chain(factors: Sequence[torch.Tensor], what: str = "factors") -> None:
+    if len(factors) == 0:
+        raise ValueError(f"{what}: empty list; a source returns at least one matrix")
+    for i, f in enumerate(factors):
+        if not isinstance(f, torch.Tensor) or f.ndim != 2:
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ValueError(f"{what}: factor {i} must be a 2-D tensor, got {got}")
+    for i in range(1, len(factors)):
+        if factors[i].shape[1] != factors[i - 1].shape[0]:
+            raise ValueError(
+                f"{what}: factor shapes do not chain (M = W_L ... W_1 needs W_l.shape[1] == "
+                f"W_(l-1).shape[0]): {tuple(factors[i - 1].shape)} then {tuple(factors[i].shape)}"
+            )
+
+
+@torch.no_grad()
+def factored_svd(
+    factors: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact thin SVD ``M = U diag(S) V^T`` of ``M = chain(factors) = W_L ... W_1``, in float64,
+    ``S`` descending.
+
+    When the chain is thin (its narrowest inner width ``w`` is below ``min(d_out, d_in)``) ``M``
+    is never formed: split it at the narrowest point, ``M = A B`` with ``A`` (d_out x w) and
+    ``B`` (w x d_in) built from the narrow end, ``A = Q_a R_a``, ``B^T = Q_b R_b``, and
+    ``M = Q_a (R_a R_b^T) Q_b^T``; the ``w x w`` core's SVD gives the rest (``S`` has ``w``
+    entries). Otherwise one dense SVD (``min(d_out, d_in)`` entries). Computed on the factors'
+    device (CPU for MPS).
+    """
+    _check_chain(factors)
+    fs = [_as64(f) for f in factors]
+    d_out, d_in = fs[-1].shape[0], fs[0].shape[1]
+    widths = [int(f.shape[0]) for f in fs[:-1]]
+    if widths and min(widths) < min(d_out, d_in):
+        j = widths.index(min(widths))  # the narrowest point: after factor j
+        a = chain(fs[j + 1:])  # d_out x w, every partial product w columns wide
+        bt = chain([f.T for f in reversed(fs[: j + 1])])  # d_in x w
+        qa, ra = torch.linalg.qr(a)
+        qb, rb = torch.linalg.qr(bt)
+        uc, s, vch = torch.linalg.svd(ra @ rb.T)
+        return qa @ uc, s, qb @ vch.T
+    u, s, vh = torch.linalg.svd(chain(fs), full_matrices=False)
+    return u, s, vh.T
+
+
+def _cosines(a: torch.Tensor, q_ref: torch.Tensor) -> torch.Tensor:
+    """Principal-angle cosines between ``span(a)`` and ``span(q_ref)``, both orthonormal."""
+    if a.shape[1] == 0 or q_ref.shape[1] == 0:
+        return a.new_zeros(0)
+    return torch.linalg.svdvals(a.T @ q_ref).clamp(max=1.0)
+
+
+def _pad(values: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` values as float64, nan-padded to length ``k`` (last axis)."""
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+    v = np.asarray(v, dtype=np.float64)[..., :k]
+    if v.shape[-1] == k:
+        return v.copy()
+    out = np.full((*v.shape[:-1], k), np.nan)
+    out[..., : v.shape[-1]] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def model_sources(model: nn.Module, adapter_name: str = "default") -> dict[str, Source]:
+    """A source per adapted layer of ``model``, keyed by module path.
+
+    Deep LoRA branches (:func:`deeplora.adapters.adapter_branches`): ``dW = W_L ... W_1`` from
+    the branch factors. PEFT LoRA layers (modules with ``lora_A`` / ``lora_B`` ModuleDicts):
+    ``dW = scaling * B A``, factors ``[A.weight, scaling * B.weight]`` (convolution weights are
+    flattened to ``out x (in * kernel)``; DoRA's magnitude is not part of ``dW`` here).
+    """
+    from ..adapters.model import adapter_branches, adapter_configs
+
+    sources: dict[str, Source] = {}
+    if adapter_name in adapter_configs(model):
+        for path, _, branch in adapter_branches(model, adapter_name):
+            sources[path] = _branch_source(branch)
+    found: set[str] = set(adapter_configs(model))
+    for path, module in model.named_modules():
+        lora_a = module.__dict__.get("_modules", {}).get("lora_A")
+        lora_b = module.__dict__.get("_modules", {}).get("lora_B")
+        if not (isinstance(lora_a, nn.ModuleDict) and isinstance(lora_b, nn.ModuleDict)):
+            continue
+        found.update(lora_a.keys())
+        if adapter_name in lora_a and adapter_name in lora_b:
+            sources[path] = _peft_source(module, adapter_name)
+    if not sources:
+        known = f"; it has adapters {sorted(found)}" if found else ""
+        raise ValueError(
+            f"no Deep LoRA or PEFT LoRA adapter named {adapter_name!r} on this "
+            f"{type(model).__name__}{known}: wrap it with Deep LoRA or PEFT LoRA first, or pass "
+            "sources yourself (weight_sources for full fine-tuning)"
+        )
+    return sources
+
+
+def _branch_source(branch: nn.Module) -> Source:
+    def read() -> list[torch.Tensor]:
+        return [f.detach() for f in branch.factors]  # type: ignore[union-attr]
+
+    return read
+
+
+def _peft_source(module: nn.Module, name: str) -> Source:
+    layer: Any = module
+
+    def read() -> list[torch.Tensor]:
+        a = layer.lora_A[name].weight.detach()
+        b = layer.lora_B[name].weight.detach()
+        scaling = module.__dict__.get("scaling", {}).get(name, 1.0)
+        return [a.flatten(1), float(scaling) * b.flatten(1)]
+
+    return read
+
+
+def weight_sources(model: nn.Module, names: Sequence[str]) -> dict[str, Source]:
+    """Full fine-tuning: ``dW = W(t) - W(now)`` for each named parameter (its value when this
+    is called is copied as the start; a copy per weight is the memory cost). Parameters with
+    more than two dimensions are flattened to ``shape[0] x rest``."""
+    params = dict(model.named_parameters())
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ValueError("weight_sources: no parameter names given; name the weights to track")
+    sources: dict[str, Source] = {}
+    for name in names:
+        if name not in params:
+            close = [p for p in params if p.endswith(name) or name in p][:5]
+            hint = f"; did you mean {close}" if close else ""
+            raise ValueError(f"weight_sources: the model has no parameter {name!r}{hint}")
+        p = params[name]
+        if p.ndim < 2:
+            raise ValueError(
+                f"weight_sources: {name} has shape {tuple(p.shape)}; only matrices (2-D or more) "
+                "have a spectrum to track"
+            )
+        sources[name] = _delta_source(p, p.detach().clone())
+    return sources
+
+
+def _delta_source(param: torch.Tensor, start: torch.Tensor) -> Source:
+    def read() -> list[torch.Tensor]:
+        return [(param.detach() - start).flatten(1)]
+
+    return read
+
+
+def solver_sources(solver: GradientDescent) -> dict[str, Source]:
+    """Sources of a deep-factorization solver (:mod:`deeplora.completion`).
+
+    :class:`~deeplora.completion.WideSolver`: ``"W1" ... "WL"`` (each layer) and
+    ``"end_to_end"`` (``W_L ... W_1``). :class:`~deeplora.completion.CompressedSolver`:
+    ``"inner1" ... "innerL"`` (each inner factor as stored, in the solver's orientation) and
+    ``"end_to_end"``, equal to ``solver.end_to_end()``: ``left @ P @ right.T`` with
+    ``P = inner_L ... inner_1``, or its transpose when the solver works on the transposed
+    problem (``m > n``).
+    """
+    from ..completion.compressed import CompressedSolver
+    from ..completion.wide import WideSolver
+
+    sources: dict[str, Source] = {}
+    if isinstance(solver, WideSolver):
+        for i in range(len(solver.weights)):
+            sources[f"W{i + 1}"] = _index_source(lambda: solver.weights, i)
+        sources["end_to_end"] = lambda: list(solver.weights)
+        return sources
+    if isinstance(solver, CompressedSolver):
+        for i in range(len(solver.inner)):
+            sources[f"inner{i + 1}"] = _index_source(lambda: solver.inner, i)
+
+        def end_to_end() -> list[torch.Tensor]:
+            if solver.transposed:  # f = right P^T left^T
+                return [solver.left.T, *[w.T for w in reversed(solver.inner)], solver.right]
+            return [solver.right.T, *solver.inner, solver.left]
+
+        sources["end_to_end"] = end_to_end
+        return sources
+    raise ValueError(
+        f"solver_sources: expected a WideSolver or CompressedSolver, got {type(solver).__name__}; "
+        "pass sources yourself for other models"
+    )
+
+
+def _index_source(get: Callable[[], list[torch.Tensor]], i: int) -> Source:
+    return lambda: [get()[i]]
+
+
+def predicted_bases(
+    weights0: Sequence[torch.Tensor], grad_first: torch.Tensor, r_hat: int, eps: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer ``l`` the orthonormal ``(U_l, V_l)`` (2 r_hat columns) of the slice that moves
+    (PAPER.md 2 and 3.1), from the init weights ``W_l(0) = eps * orthogonal`` and the init
+    gradient ``grad_first`` of ``W_1``:
+    ``V_1 = V11 = orth([V_G, W_1(0)^T U_G / eps])`` (:func:`deeplora.subspace.compress_dense`),
+    ``U_l = W_l(0) V_l / eps`` (orthonormalised; exactly orthonormal already when ``W_l(0)``
+    has orthonormal columns) and ``V_{l+1} = U_l``. Under gradient descent on factorization
+    ``W_l(t) - W_l(0)`` lies in ``span(U_l) x span(V_l)``.
+    """
+    if r_hat < 1:
+        raise ValueError(f"r_hat must be >= 1, got {r_hat}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    _check_chain(weights0, "weights0")
+    ws = [_as64(w) for w in weights0]
+    if 2 * r_hat > min(min(w.shape) for w in ws):
+        raise ValueError(
+            f"2 r_hat = {2 * r_hat} exceeds the narrowest layer dimension "
+            f"{min(min(w.shape) for w in ws)}; lower r_hat"
+        )
+    _, v = compress_dense(ws, _as64(grad_first), r_hat, eps)
+    bases = []
+    for w in ws:
+        u = orth(w @ v / eps)
+        bases.append((u, v))
+        v = u
+    return bases
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class LayerTrace:
+    """What was recorded for one matrix over ``T`` records (nan where a value does not exist,
+    e.g. the 9th singular value of a rank-8 factorization)."""
+
+    singular_values: np.ndarray  # [T, k] top-k singular values of M (nan-padded)
+    factor_singular_values: np.ndarray  # [T, L, k] top-k of each factor (L = 1 for dense)
+    cosines_left: np.ndarray  # [T, k] principal-angle cosines, descending, left subspaces
+    cosines_right: np.ndarray  # [T, k] and right subspaces, against the reference
+    rank_atol: np.ndarray  # [T] int: #{s_i > rank_atol}
+    rank_rtol: np.ndarray  # [T] int: #{s_i > rank_rtol * s_1}
+    outside: np.ndarray | None = None  # [T] ||D - P_U D P_V||_F / ||D||_F, D = M(t) - M0
+
+
+def _jsonable(a: np.ndarray) -> Any:
+    """Nested lists with nan (and inf) as null."""
+    if a.dtype.kind in "iub":
+        return a.tolist()
+    out = a.astype(object)
+    out[~np.isfinite(a)] = None
+    return out.tolist()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready meta: non-finite floats as null, numpy scalars as Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _from_json(data: Any, dtype: type) -> np.ndarray:
+    if dtype is float:
+        arr = np.array(data, dtype=object)
+        arr[arr == None] = np.nan  # noqa: E711 (element-wise)
+        return arr.astype(np.float64)
+    return np.asarray(data, dtype=np.int64)
+
+
+@dataclass
+class Recording:
+    """The recorded series: one :class:`LayerTrace` per tracked matrix, aligned with ``steps``.
+
+    ``seconds`` is the wall time since the recorder was built minus the recorder's own time
+    (so it measures training alone). :meth:`save` writes ``.npz`` (exact) or ``.json``
+    (nested lists, nan as null) by the suffix, atomically, with a format version.
+    """
+
+    steps: np.ndarray  # [T] int
+    seconds: np.ndarray  # [T]
+    layers: dict[str, LayerTrace]
+    k: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write to ``path`` (``.npz`` or ``.json``), atomically."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        names = list(self.layers)
+        header = {"kind": KIND, "format_version": FORMAT_VERSION, "k": int(self.k),
+                  "meta": _clean(self.meta)}
+        if suffix == ".json":
+            layers = {}
+            for name, tr in self.layers.items():
+                layers[name] = {f: (None if getattr(tr, f) is None else _jsonable(getattr(tr, f)))
+                                for f in _FIELDS}
+            write_json(path, {**header, "layer_order": names,
+                              "steps": np.asarray(self.steps, np.int64).tolist(),
+                              "seconds": _jsonable(np.asarray(self.seconds, np.float64)),
+                              "layers": layers})
+        elif suffix == ".npz":
+            arrays: dict[str, np.ndarray] = {
+                "header": np.array(json.dumps({**header, "layers": names})),
+                "steps": np.asarray(self.steps, np.int64),
+                "seconds": np.asarray(self.seconds, np.float64),
+            }
+            for i, tr in enumerate(self.layers.values()):
+                for f in _FIELDS:
+                    value = getattr(tr, f)
+                    if value is not None:
+                        arrays[f"{i}.{f}"] = np.asarray(value)
+            with atomic_open(path, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"Recording.save: {path} must end in .json or .npz")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Recording:
+        """Read a recording written by :meth:`save` (``.npz`` or ``.json``)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        what = f"recording {path}"
+        if suffix == ".json":
+            data = read_json(path, "recording")
+            check_version(data, what, KIND)
+            try:
+                layers = {}
+                for name in data["layer_order"]:
+                    raw = data["layers"][name]
+                    layers[name] = LayerTrace(
+                        singular_values=_from_json(raw["singular_values"], float),
+                        factor_singular_values=_from_json(raw["factor_singular_values"], float),
+                        cosines_left=_from_json(raw["cosines_left"], float),
+                        cosines_right=_from_json(raw["cosines_right"], float),
+                        rank_atol=_from_json(raw["rank_atol"], int),
+                        rank_rtol=_from_json(raw["rank_rtol"], int),
+                        outside=None if raw["outside"] is None else _from_json(raw["outside"],
+                                                                               float),
+                    )
+                return cls(np.asarray(data["steps"], np.int64), _from_json(data["seconds"], float),
+                           layers, int(data["k"]), dict(data["meta"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{what} is incomplete or corrupt ({e!r})") from e
+        if suffix == ".npz":
+            if not path.is_file():
+                raise FileNotFoundError(f"recording: {path} does not exist; check the path")
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    files = {k: npz[k] for k in npz.files}
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{what} is not a readable .npz file ({e})") from e
+            if "header" not in files:
+                raise ValueError(f"{what}: not a deeplora recording (no header); "
+                                 "expected a file written by Recording.save")
+            try:
+                header = json.loads(str(files["header"]))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{what}: its header is not valid JSON; the file is corrupt") \
+                    from e
+            if not isinstance(header, dict):
+                raise ValueError(f"{what}: its header is not a JSON object; the file is corrupt")
+            check_version(header, what, KIND)
+            try:
+                layers = {}
+                for i, name in enumerate(header["layers"]):
+                    def get(f: str, i: int = i) -> np.ndarray:
+                        return files[f"{i}.{f}"]
+
+                    layers[name] = LayerTrace(
+                        get("singular_values"), get("factor_singular_values"),
+                        get("cosines_left"), get("cosines_right"), get("rank_atol"),
+                        get("rank_rtol"),
+                        files.get(f"{i}.outside"),
+                    )
+                return cls(files["steps"], files["seconds"], layers, int(header["k"]),
+                           dict(header["meta"]))
+            except KeyError as e:
+                raise ValueError(f"{what} is incomplete ({e!r} missing); the file is corrupt") \
+                    from e
+        raise ValueError(f"Recording.load: {path} must end in .json or .npz")
+
+
+# ----------------------------------------------------------------------------- the recorder
+
+
+class _Track:
+    """Per-matrix accumulator."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []  # one per record
+        self.shape: tuple[int, int] | None = None
+        self.factor_shapes: list[tuple[int, int]] | None = None
+        self.first: tuple[torch.Tensor, torch.Tensor] | None = None  # "first" reference
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # float64 top-k, last record
+
+
+def _orthonormal_pair(name: str, pair: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(pair, tuple | list) and len(pair) == 2):
+        raise ValueError(f"{what}[{name!r}] must be a pair (U, V) of matrices")
+    out = []
+    for side, m in zip("UV", pair):
+        m = torch.as_tensor(m)
+        if m.ndim != 2 or m.shape[1] < 1 or m.shape[1] > m.shape[0]:
+            raise ValueError(
+                f"{what}[{name!r}]: {side} must be a 2-D basis with 1 <= columns <= rows, got "
+                f"shape {tuple(m.shape)}"
+            )
+        out.append(orth(_as64(m)).cpu())
+    return out[0], out[1]
+
+
+def _check_keys(given: Mapping[str, Any], sources: Mapping[str, Any], what: str) -> None:
+    missing = sorted(set(sources) - set(given))
+    extra = sorted(set(given) - set(sources))
+    if missing or extra:
+        raise ValueError(
+            f"{what} keys must match the sources: missing {missing[:5]}, unknown {extra[:5]} "
+            f"(the sources are {sorted(sources)[:8]}{'...' if len(sources) > 8 else ''})"
+        )
+
+
+class SubspaceRecorder:
+    """Samples spectra and subspaces of every source at chosen steps (see the module docstring).
+
+    Use it from any loop: ``recorder.maybe_record(step)`` after each step (or ``record`` to
+    force one), then ``recording = recorder.finish()``. Hooks: ``on_step`` for
+    ``deeplora.finetune.Trainer.run(on_step=...)``, the instance itself as
+    ``GradientDescent.run(callback=...)``, :class:`deeplora.diagnostics.hf.RecorderCallback`
+    for a Hugging Face Trainer.
+
+    Args:
+        sources: name -> :data:`Source`.
+        k: how many singular values / directions to keep per matrix.
+        every: record at steps divisible by ``every`` (step 0 included).
+        steps: an explicit schedule (overrides ``every``).
+        reference: ``"final"`` (the last record's top-k), ``"first"`` (the first record's),
+            ``"predicted"`` (each slice's ``(U, V)``; needs ``slices`` for every source), or a
+            mapping name -> ``(U_ref, V_ref)`` for every source.
+        rank_atol: effective rank counts ``s_i > rank_atol`` (PAPER.md 4.1 uses 1e-3).
+        rank_rtol: and ``s_i > rank_rtol * s_1``.
+        slices: name -> ``(M0, U, V)``: also record ``outside`` for those matrices.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        *,
+        k: int = 8,
+        every: int = 1,
+        steps: Iterable[int] | None = None,
+        reference: str | Mapping[str, tuple[torch.Tensor, torch.Tensor]] = "final",
+        rank_atol: float = 1e-3,
+        rank_rtol: float = 1e-2,
+        slices: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        self._start = time.perf_counter()
+        if not isinstance(sources, Mapping) or not sources:
+            raise ValueError("SubspaceRecorder needs at least one source (name -> callable)")
+        for name, src in sources.items():
+            if not callable(src):
+                raise ValueError(f"source {name!r} must be a callable returning factors")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if rank_atol < 0 or rank_rtol < 0:
+            raise ValueError(f"rank_atol and rank_rtol must be >= 0, got {rank_atol}, {rank_rtol}")
+        self.sources = dict(sources)
+        self.k = k
+        self.every = every
+        self.steps: frozenset[int] | None = None
+        if steps is not None:
+            schedule = [int(s) for s in steps]
+            if any(s < 0 for s in schedule):
+                raise ValueError("steps must be >= 0")
+            self.steps = frozenset(schedule)
+        self.rank_atol = float(rank_atol)
+        self.rank_rtol = float(rank_rtol)
+
+        self.slices: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for name, value in (slices or {}).items():
+            if name not in self.sources:
+                raise ValueError(f"slices has {name!r}, which is not a source "
+                                 f"(sources: {sorted(self.sources)[:8]})")
+            if not (isinstance(value, tuple | list) and len(value) == 3):
+                raise ValueError(f"slices[{name!r}] must be a triple (M0, U, V)")
+            m0 = _as64(torch.as_tensor(value[0]))
+            u, v = _orthonormal_pair(name, tuple(value[1:]), "slices")
+            if m0.ndim != 2 or m0.shape != (u.shape[0], v.shape[0]):
+                raise ValueError(
+                    f"slices[{name!r}]: M0 {tuple(m0.shape)} must be rows(U) x rows(V) = "
+                    f"{u.shape[0]} x {v.shape[0]}"
+                )
+            self.slices[name] = (m0, u, v)
+
+        self.reference_kind: str
+        self._ref: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        if isinstance(reference, str):
+            if reference not in REFERENCES:
+                raise ValueError(
+                    f"reference must be one of {REFERENCES} or a mapping name -> (U, V), got "
+                    f"{reference!r}"
+                )
+            self.reference_kind = reference
+            if reference == "predicted":
+                if set(self.slices) != set(self.sources):
+                    raise ValueError(
+                        "reference='predicted' needs a slice for every source; pass slices= "
+                        "(or SubspaceRecorder.from_solver(..., r_hat=...))"
+                    )
+                self._ref = {n: (u, v) for n, (_, u, v) in self.slices.items()}
+        elif isinstance(reference, Mapping):
+            _check_keys(reference, self.sources, "reference")
+            self.reference_kind = "given"
+            self._ref = {n: _orthonormal_pair(n, p, "reference") for n, p in reference.items()}
+        else:
+            raise ValueError(f"reference must be a string or a mapping, got "
+                             f"{type(reference).__name__}")
+
+        self._tracks = {name: _Track() for name in self.sources}
+        self._steps: list[int] = []
+        self._seconds: list[float] = []
+        self._own = 0.0  # the recorder's own time
+        self._count = 0  # records made (dropped ones included)
+        self._dropped = 0
+        self.seconds_per_record: float = math.nan
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, adapter_name: str = "default", **kw: Any
+    ) -> SubspaceRecorder:
+        """Track every Deep LoRA / PEFT LoRA update of ``model`` (:func:`model_sources`)."""
+        return cls(model_sources(model, adapter_name), **kw)
+
+    @classmethod
+    def from_solver(
+        cls, solver: GradientDescent, *, r_hat: int | None = None, **kw: Any
+    ) -> SubspaceRecorder:
+        """Track a deep-factorization solver (:func:`solver_sources`).
+
+        With ``r_hat`` (a :class:`~deeplora.completion.WideSolver` at its eps-orthogonal init,
+        before any step) each layer ``W_l`` and the end-to-end map also get the predicted slice
+        (:func:`predicted_bases` from the current weights and the init gradient), so ``outside``
+        is recorded; ``reference="predicted"`` then compares against that slice.
+        """
+        sources = solver_sources(solver)
+        if r_hat is not None:
+            from ..completion.wide import WideSolver
+
+            if "slices" in kw:
+                raise ValueError("give r_hat or slices, not both")
+            if not isinstance(solver, WideSolver):
+                raise ValueError("r_hat (the predicted slice) applies to a WideSolver only")
+            if solver.config.init != "orthogonal":
+                raise ValueError("r_hat needs the eps-orthogonal init (WideConfig(init="
+                                 "'orthogonal')), the theorem's setting")
+            if solver.t != 0:
+                raise ValueError(
+                    f"the predicted slice is read off the init, but the solver is at step "
+                    f"{solver.t}; build the recorder before running the solver"
+                )
+            weights = [w.detach().to(torch.float64) for w in solver.weights]
+            _, grad_f = solver.objective.to(torch.float64).dense(chain(weights))
+            grad_first = chain_grads(weights, grad_f)[0]
+            bases = predicted_bases(weights, grad_first, r_hat, solver.config.init_scale)
+            slices = {f"W{i + 1}": (w.clone(), u, v)
+                      for i, (w, (u, v)) in enumerate(zip(weights, bases))}
+            slices["end_to_end"] = (chain(weights), bases[-1][0], bases[0][1])
+            kw["slices"] = slices
+        return cls(sources, **kw)
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def recorded_steps(self) -> list[int]:
+        return list(self._steps)
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is on the schedule and after the last recorded step."""
+        if self._steps and step <= self._steps[-1]:
+            return False
+        if self.steps is not None:
+            return step in self.steps
+        return step % self.every == 0
+
+    def maybe_record(self, step: int) -> bool:
+        """Record if :meth:`due`; returns whether it did."""
+        if not self.due(step):
+            return False
+        self.record(step)
+        return True
+
+    def on_step(self, step: int, *_: Any) -> None:
+        """Hook for ``deeplora.finetune.Trainer.run(on_step=recorder.on_step)``."""
+        self.maybe_record(step)
+
+    def __call__(self, solver: GradientDescent) -> None:
+        """Hook for ``GradientDescent.run(callback=recorder)``: records ``solver.t`` if due,
+        after dropping records the solver rewound past (automatic-step back-off)."""
+        self.truncate(solver.t)
+        self.maybe_record(solver.t)
+
+    def truncate(self, step: int) -> None:
+        """Drop the records at ``step`` and later."""
+        keep = sum(1 for s in self._steps if s < step)
+        if keep == len(self._steps):
+            return
+        self._dropped += len(self._steps) - keep
+        del self._steps[keep:]
+        del self._seconds[keep:]
+        for tr in self._tracks.values():
+            del tr.rows[keep:]
+            tr.last = None  # fall back to the float32 copy of the new last record
+            if keep == 0:
+                tr.first = None
+
+    # ------------------------------------------------------------------ recording
+    def record(self, step: int) -> None:
+        """Read every source now and store the numbers for ``step``."""
+        t0 = time.perf_counter()
+        step = int(step)
+        if self._steps and step <= self._steps[-1]:
+            raise ValueError(
+                f"step {step} is not after the last recorded step {self._steps[-1]}; steps "
+                "must increase (truncate(step) drops later records after a rewind)"
+            )
+        rows = {name: self._measure(name, self._tracks[name]) for name in self.sources}
+        for name, row in rows.items():  # commit only once every source was read
+            tr = self._tracks[name]
+            if "first" in row:
+                tr.first = row.pop("first")
+            if "last" in row:
+                tr.last = row.pop("last")
+            tr.rows.append(row)
+        self._steps.append(step)
+        self._seconds.append(t0 - self._start - self._own)
+        self._count += 1
+        self._own += time.perf_counter() - t0
+        self.seconds_per_record = self._own / self._count
+
+    @torch.no_grad()
+    def _measure(self, name: str, tr: _Track) -> dict[str, Any]:
+        factors = self.sources[name]()
+        if isinstance(factors, torch.Tensor):
+            factors = [factors]
+        _check_chain(factors, f"source {name!r}")
+        fs = [_as64(f) for f in factors]
+        shapes = [(int(f.shape[0]), int(f.shape[1])) for f in fs]
+        if tr.factor_shapes is None:
+            tr.factor_shapes = shapes
+            tr.shape = (shapes[-1][0], shapes[0][1])
+        elif len(shapes) != len(tr.factor_shapes) or tr.shape != (shapes[-1][0], shapes[0][1]):
+            raise ValueError(
+                f"source {name!r} changed shape: {tr.factor_shapes} before, {shapes} now"
+            )
+        k = self.k
+        u, s, v = factored_svd(fs)
+        ke = min(k, int(s.numel()))
+        uk, vk = u[:, :ke], v[:, :ke]
+        row: dict[str, Any] = {"sv": _pad(s, k)}
+        if len(fs) == 1:
+            row["fsv"] = row["sv"][None]
+        else:
+            row["fsv"] = np.stack([_pad(torch.linalg.svdvals(f), k) for f in fs])
+        s_np = s.cpu().numpy()
+        row["ra"] = int((s_np > self.rank_atol).sum())
+        row["rr"] = int((s_np > self.rank_rtol * s_np[0]).sum()) if s_np.size and s_np[0] > 0 \
+            else 0
+        ref: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self._ref is not None:
+            ref = self._ref[name]
+        elif self.reference_kind == "first":
+            ref = tr.first
+            if ref is None:  # this record becomes the reference (kept once it is committed)
+                ref = row["first"] = (uk.cpu(), vk.cpu())
+        if ref is not None:
+            qu, qv = ref
+            if qu.shape[0] != uk.shape[0] or qv.shape[0] != vk.shape[0]:
+                raise ValueError(
+                    f"reference for {name!r} has bases of {qu.shape[0]} and {qv.shape[0]} rows, "
+                    f"the matrix is {uk.shape[0]} x {vk.shape[0]}"
+                )
+            dev = uk.device
+            row["cl"] = _pad(_cosines(uk, qu.to(dev)), k)
+            row["cr"] = _pad(_cosines(vk, qv.to(dev)), k)
+        else:  # "final": keep the vectors, compare at finish()
+            row["u32"] = uk.to(torch.float32).cpu()
+            row["v32"] = vk.to(torch.float32).cpu()
+            row["last"] = (uk.cpu(), vk.cpu())
+        if name in self.slices:
+            m0, su, sv = (x.to(fs[0].device) for x in self.slices[name])
+            if m0.shape != tr.shape:
+                raise ValueError(
+                    f"slices[{name!r}]: M0 is {tuple(m0.shape)}, the matrix {tr.shape}")
+            d = chain(fs) - m0
+            norm = float(torch.linalg.matrix_norm(d))
+            inside = su @ ((su.T @ d) @ sv) @ sv.T
+            row["out"] = 0.0 if norm == 0 else float(torch.linalg.matrix_norm(d - inside)) / norm
+        return row
+
+    def finish(self) -> Recording:
+        """The recording so far (call again after more records for an updated one)."""
+        if not self._steps:
+            schedule = (f"steps={sorted(self.steps)[:5]}" if self.steps is not None
+                        else f"every={self.every}")
+            raise ValueError(
+                "nothing was recorded: call record(step) or maybe_record(step) during training "
+                f"(the schedule is {schedule})"
+            )
+        t0 = time.perf_counter()
+        k = self.k
+        layers: dict[str, LayerTrace] = {}
+        for name, tr in self._tracks.items():
+            rows = tr.rows
+            if self.reference_kind == "final":
+                cl, cr = self._final_cosines(tr)
+            else:
+                cl = np.stack([r["cl"] for r in rows])
+                cr = np.stack([r["cr"] for r in rows])
+            layers[name] = LayerTrace(
+                singular_values=np.stack([r["sv"] for r in rows]),
+                factor_singular_values=np.stack([r["fsv"] for r in rows]),
+                cosines_left=cl,
+                cosines_right=cr,
+                rank_atol=np.array([r["ra"] for r in rows], dtype=np.int64),
+                rank_rtol=np.array([r["rr"] for r in rows], dtype=np.int64),
+                outside=np.array([r["out"] for r in rows]) if name in self.slices else None,
+            )
+        finish_seconds = time.perf_counter() - t0
+        meta = {
+            "reference": self.reference_kind,
+            "k": k,
+            "rank_atol": self.rank_atol,
+            "rank_rtol": self.rank_rtol,
+            "every": self.every if self.steps is None else None,
+            "schedule": None if self.steps is None else sorted(self.steps),
+            "seconds_per_record": self.seconds_per_record,
+            "finish_seconds": finish_seconds,
+            "records": self._count,
+            "dropped": self._dropped,
+            "shapes": {n: list(tr.shape or ()) for n, tr in self._tracks.items()},
+            "factor_shapes": {n: [list(s) for s in tr.factor_shapes or []]
+                              for n, tr in self._tracks.items()},
+            "slices": sorted(self.slices),
+        }
+        return Recording(np.array(self._steps, dtype=np.int64),
+                         np.array(self._seconds, dtype=np.float64), layers, k, meta)
+
+    def _final_cosines(self, tr: _Track, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        rows = tr.rows
+        last = tr.last or (rows[-1]["u32"].double(), rows[-1]["v32"].double())
+        out = []
+        for key, ref in (("u32", last[0]), ("v32", last[1])):
+            parts = []
+            for i in range(0, len(rows), chunk):
+                stack = torch.stack([r[key] for r in rows[i:i + chunk]]).double()
+                if stack.shape[2] == 0:
+                    parts.append(np.full((stack.shape[0], self.k), np.nan))
+                    continue
+                cos = torch.linalg.svdvals(stack.transpose(1, 2) @ ref).clamp(max=1.0)
+                parts.append(_pad(cos, self.k))
+            out.append(np.concatenate(parts))
+        return out[0], out[1]
