@@ -43,6 +43,10 @@ def complete(
     ``config`` picks the solver: :class:`CompressedConfig` (the fast one, default choice) or
     :class:`WideConfig` (the full-width reference). With ``validation`` the history records
     validation RMSE and ``config.patience`` stops early on it, keeping the best factors.
+
+    Inside a torch.distributed process group (``torchrun``), every rank calls this with the
+    same data; each trains on its share of the entries (:mod:`deeplora.distributed.completion`)
+    and all return the same model. Only rank 0 writes the checkpoint.
     """
     if validation is not None and (validation.shape != train.shape
                                    or validation.row_ids != train.row_ids
@@ -63,7 +67,18 @@ def complete(
     val_residual = None if validation is None else _centered(validation, offset, row_bias,
                                                              col_bias)
     solver: GradientDescent
-    if isinstance(config, CompressedConfig):
+    from ..distributed import runtime
+
+    if runtime.active():  # launched with torchrun: every rank trains on its share of Omega
+        from ..distributed.completion import DistributedCompressedSolver, shard
+
+        if not isinstance(config, CompressedConfig):
+            raise ValueError("only the compressed solver runs on several processes; use "
+                             "CompressedConfig (--solver compressed) or launch one process")
+        share = shard(residual, runtime.rank(), runtime.world_size())
+        solver = DistributedCompressedSolver(share, config, truth=truth,
+                                             validation=val_residual)
+    elif isinstance(config, CompressedConfig):
         solver = CompressedSolver(residual, config, truth=truth, validation=val_residual)
     elif isinstance(config, WideConfig):
         solver = WideSolver(residual, config, truth=truth, validation=val_residual)

@@ -1,0 +1,1 @@
+"""More than one process: torch.distributed for compressed completion and fine-tuning."""

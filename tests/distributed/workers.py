@@ -1,0 +1,127 @@
+"""Process entry points for the torch.distributed tests (importable by spawned children)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(target: Callable[..., None], world: int, *args: Any, wait: float = 120.0,
+           grace: float | None = None, env: dict[str, str] | None = None) -> list[int | None]:
+    """Start ``world`` spawned processes ``target(rank, world, *args)`` in one gloo group
+    on 127.0.0.1; return their exit codes (``None``: still running after ``wait``, or
+    ``grace`` seconds after rank 0 ended; then killed)."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(target, rank, world, port, env or {}, args))
+             for rank in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + wait
+    codes: list[int | None] = []
+    for i, p in enumerate(procs):
+        if i == 1 and grace is not None:
+            deadline = min(deadline, time.monotonic() + grace)
+        p.join(max(0.0, deadline - time.monotonic()))
+        codes.append(p.exitcode)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return codes
+
+
+def _entry(target: Callable[..., None], rank: int, world: int, port: int,
+           env: dict[str, str], args: tuple[Any, ...]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", **env)
+    torch.set_num_threads(1)
+    try:
+        target(rank, world, *args)
+    except BaseException:
+        traceback.print_exc()
+        raise
+
+
+# --------------------------------------------------------------------------- completion
+def completion_problem() -> tuple[Any, Any]:
+    from deeplora.completion import random_low_rank, sample_entries
+
+    truth = random_low_rank(40, 56, 2, seed=1)
+    return truth, sample_entries(truth, 0.35, seed=2)
+
+
+def completion_config(max_steps: int) -> Any:
+    from deeplora.completion import CompressedConfig
+
+    return CompressedConfig(rank=2, init_scale=0.1, max_steps=max_steps, eval_every=25,
+                            progress=False)
+
+
+def fit_sharded(rank: int, world: int, out: str, max_steps: int, resume: bool) -> None:
+    """Fit on this rank's share (checkpointing into OUT/checkpoint) and save the factors."""
+    from deeplora.distributed import runtime
+    from deeplora.distributed.completion import DistributedCompressedSolver, shard
+
+    env = runtime.environment()
+    assert env is not None
+    runtime.initialize(env, timeout=60)
+    truth, obs = completion_problem()
+    solver = DistributedCompressedSolver(shard(obs, rank, world), completion_config(max_steps),
+                                         truth=truth)
+    result = solver.run(checkpoint=Path(out) / "checkpoint", checkpoint_every=50,
+                        resume=resume)
+    torch.save({"left": result.left, "right": result.right,
+                "rel_error": result.history.rel_error, "steps": result.steps},
+               Path(out) / f"rank{rank}.pt")
+    runtime.shutdown()
+
+
+def faulty_rank(rank: int, world: int, out: str, mode: str) -> None:
+    """Rank 1 dies (``mode="die"``) or hangs (``"hang"``) at step 10; the others record
+    the error they end with and how long it took to arrive."""
+    from deeplora.distributed import runtime
+    from deeplora.distributed.completion import DistributedCompressedSolver, shard
+
+    class Faulty(DistributedCompressedSolver):
+        def step(self) -> float:
+            if rank == 1 and self.t == 10:
+                if mode == "die":
+                    os._exit(3)
+                time.sleep(3600)
+            return super().step()
+
+    env = runtime.environment()
+    assert env is not None
+    runtime.initialize(env, timeout=3)
+    _, obs = completion_problem()
+    solver = Faulty(shard(obs, rank, world), completion_config(200))
+    start = time.monotonic()
+    try:
+        solver.run()
+        message = "finished"
+    except runtime.PeerError as e:
+        message = f"PeerError {time.monotonic() - start:.2f}: {e}"
+    Path(out, f"rank{rank}.txt").write_text(message)
+
+
+def cli_rank(rank: int, world: int, argv: list[str]) -> None:
+    """``deeplora ARGV`` as one rank of a torchrun-style job."""
+    from deeplora.cli import main
+
+    code = main(argv)
+    if code:
+        raise SystemExit(code)
