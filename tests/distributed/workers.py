@@ -125,3 +125,34 @@ def cli_rank(rank: int, world: int, argv: list[str]) -> None:
     code = main(argv)
     if code:
         raise SystemExit(code)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+FINETUNE = dict(steps=6, batch_size=8, lr=1e-2, head_lr=1e-2, max_length=16, progress=False,
+                checkpoint_every=2, eval_every=3)
+
+
+def finetune_rank(rank: int, world: int, model: str, out: str, kill_at: int | None,
+                  resume: bool) -> None:
+    """One rank of a few-shot run on the tiny BERT; rank 1 dies after step ``kill_at``.
+    A rank that ends with :class:`PeerError` writes its message to OUT.rankR.txt."""
+    from deeplora.distributed import runtime
+    from deeplora.finetune import FinetuneConfig, finetune
+    from tests.finetune.conftest import reviews
+
+    env = runtime.environment()
+    assert env is not None
+    runtime.initialize(env, timeout=30)
+
+    def on_step(step: int, idx: Any, loss: float) -> None:
+        if rank == 1 and step == kill_at:
+            os._exit(3)
+
+    cfg = FinetuneConfig(model=model, **FINETUNE)  # type: ignore[arg-type]
+    try:
+        finetune(reviews(40), cfg, evaluation=reviews(16, seed=1), out=out, resume=resume,
+                 on_step=on_step)
+    except runtime.PeerError as e:
+        Path(f"{out}.rank{rank}.txt").write_text(str(e))
+    finally:
+        runtime.shutdown()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -132,3 +133,41 @@ def barrier(what: str = "barrier") -> None:
             dist.barrier()
         except (RuntimeError, OSError) as e:
             raise _fail(what, e) from e
+
+
+def all_gather_object(obj: Any, what: str = "all-gather") -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` for a lone process."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    try:
+        dist.all_gather_object(out, obj)
+    except (RuntimeError, OSError) as e:
+        raise _fail(what, e) from e
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0, what: str = "broadcast") -> Any:
+    """Rank ``src``'s ``obj`` (picklable) on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    try:
+        dist.broadcast_object_list(box, src)
+    except (RuntimeError, OSError) as e:
+        raise _fail(what, e) from e
+    return box[0]
+
+
+def collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` (raised inside a collective a library ran for us, such as
+    DistributedDataParallel's gradient all-reduce) means a peer was lost."""
+    text = str(error)
+    return active() and isinstance(error, (RuntimeError, OSError)) and any(
+        mark in text for mark in ("gloo", "NCCL", "nccl", "Connection closed", "Timed out",
+                                  "timed out", "Connection reset", "Broken pipe"))
+
+
+def peer_error(what: str, error: BaseException) -> PeerError:
+    """The :class:`PeerError` for a failed collective ``what``."""
+    return _fail(what, error if isinstance(error, Exception) else RuntimeError(str(error)))

@@ -43,6 +43,7 @@ from torch import nn
 
 from .. import _io
 from ..adapters import count_parameters
+from ..distributed import runtime
 from .config import FinetuneConfig
 from .data import Examples, TableSource, prepare_examples
 from .methods import Adapted, attach
@@ -235,6 +236,11 @@ def finetune(
     is loaded with ``resume``: e.g. to build a
     :class:`deeplora.diagnostics.recorder.SubspaceRecorder` on ``adapted.model`` and record
     step 0, then pass its ``on_step`` as ``on_step``.
+
+    Under ``torchrun`` (a process group of several ranks, :mod:`deeplora.distributed`) every
+    rank calls this with the same arguments: each trains on its share of every batch through
+    DistributedDataParallel, rank 0 alone evaluates and writes the folder, and every rank
+    returns the same ``metrics`` (``predictions`` only on rank 0).
     """
     start = time.perf_counter()
     config = FinetuneConfig() if config is None else config
@@ -278,8 +284,10 @@ def finetune(
         return task.loss(m, collate([train_features[i] for i in idx], pad_id))
 
     adapted = attach(model, config, task.head, first_batch_loss)
-    if out_dir is not None and overwrite:
+    main = runtime.rank() == 0  # under torchrun rank 0 alone evaluates and writes
+    if out_dir is not None and overwrite and main:
         _clear(out_dir)
+    runtime.barrier("clearing the output folder")
     if on_attach is not None:
         on_attach(adapted)
     trainer = Trainer(
@@ -289,7 +297,11 @@ def finetune(
         fingerprint=fingerprint(train_features),
     )  # fmt: skip
     history = trainer.run(resume=resume, on_step=on_step)
-    final, predictions = run_eval(adapted.model, adapted.inner)
+    if main:
+        final, predictions = run_eval(adapted.model, adapted.inner)
+    else:
+        final, predictions = {}, pd.DataFrame()
+    final = runtime.broadcast_object(final, 0, "sharing the final evaluation")
     counts = count_parameters(adapted.model)
     metrics: dict[str, Any] = {
         "task": config.task,
@@ -308,10 +320,11 @@ def finetune(
         "final_train_loss": float(np.mean(history.loss[-10:])) if history.loss else None,
         "history": history.to_dict(),
         "threads": torch.get_num_threads(),
+        "processes": runtime.world_size(),
         "seconds": time.perf_counter() - start,
     }
     metrics = finite_or_none(metrics)
-    if out_dir is not None:
+    if out_dir is not None and main:
         run_config = {
             "kind": RUN_KIND,
             "format_version": _io.FORMAT_VERSION,
@@ -342,6 +355,7 @@ def finetune(
 
         _publish(out_dir, write)
         shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    runtime.barrier("writing the outputs")
     return FinetuneResult(metrics, predictions, adapted, tokenizer, task, history, train_ex,
                           eval_ex)  # fmt: skip
 

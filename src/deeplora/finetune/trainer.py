@@ -13,6 +13,14 @@ the loss history and a fingerprint of the training data: ``state-<step>.safetens
 while writing leaves the previous checkpoint usable. Resuming with other settings or other data is
 refused (``steps``, the evaluation settings, ``checkpoint_every``, ``threads`` and
 ``progress`` may change).
+
+Several processes (``torchrun``; :mod:`deeplora.distributed`): the model is wrapped in
+``DistributedDataParallel`` and rank ``r`` of ``W`` trains on positions ``r, r + W, ...`` of
+each step's batch, so the global batch is the one a single process would use and the
+averaged gradient is its mean gradient (for causal LM, where the loss is a mean over tokens,
+each rank's share is weighted equally instead of by its token count). The batch size must
+be divisible by ``W``. Rank 0 alone evaluates and writes checkpoints (with every rank's random
+states); all ranks resume from them, with the same number of processes.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .. import _io
+from ..distributed import runtime
 from .config import FinetuneConfig
 from .methods import Adapted
 from .tasks import Features, FinetuneTask, collate
@@ -84,6 +94,18 @@ class Trainer:
         self.config, self.pad_id, self.evaluate = config, pad_id, evaluate
         self.checkpoint, self.fingerprint = checkpoint, fingerprint
         self.batch_size = min(config.batch_size, len(features))
+        self.rank, self.world = runtime.rank(), runtime.world_size()
+        if self.batch_size % self.world:
+            raise ValueError(
+                f"a batch of {self.batch_size} examples cannot be shared evenly by "
+                f"{self.world} processes; choose a batch size divisible by {self.world}"
+            )
+        self.net: nn.Module = adapted.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # the frozen model's buffers never change: no broadcast before each forward
+            self.net = DistributedDataParallel(adapted.model, broadcast_buffers=False)
         self.optimizer = torch.optim.AdamW(
             adapted.groups, betas=config.betas, eps=config.adam_eps
         )
@@ -91,8 +113,10 @@ class Trainer:
         self.history = History()
 
     def batch(self, step: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        """The step's batch (its global indices) and this rank's share of it, collated."""
         idx = batch_indices(len(self.features), self.batch_size, step, self.config.seed)
-        return idx, collate([self.features[i] for i in idx], self.pad_id)
+        mine = idx[self.rank :: self.world]
+        return idx, collate([self.features[i] for i in mine], self.pad_id)
 
     def run(self, *, resume: bool = False, on_step: StepHook | None = None) -> History:
         """Train to ``config.steps``; with ``resume`` continue from the checkpoint if any."""
@@ -106,14 +130,7 @@ class Trainer:
             while self.step < cfg.steps:
                 idx, batch = self.batch(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self.task.loss(model, batch)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise ValueError(
-                        f"the training loss became {value} at step {self.step + 1}; lower the "
-                        f"learning rate (it is {cfg.learning_rate:g})"
-                    )
-                loss.backward()
+                value = self._forward_backward(batch)
                 self.optimizer.step()
                 self.step += 1
                 self.history.loss.append(value)
@@ -123,7 +140,7 @@ class Trainer:
                 if on_step is not None:
                     on_step(self.step, idx, value)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    if self.evaluate is not None:
+                    if self.evaluate is not None and self.rank == 0:
                         self.history.evals.append({"step": self.step, **self.evaluate()})
                     model.train()
                 if self.checkpoint is not None and (
@@ -135,9 +152,37 @@ class Trainer:
         model.eval()
         return self.history
 
+    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> float:
+        """Loss and gradients of one batch; returns the loss averaged over the ranks. A
+        finite check comes before the backward pass, so that every rank stops together."""
+        try:
+            loss = self.task.loss(self.net, batch)
+            mean = runtime.all_reduce(loss.detach().double().reshape(1).clone(),
+                                      "averaging the loss") / self.world
+            value = float(mean)
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"the training loss became {value} at step {self.step + 1}; lower the "
+                    f"learning rate (it is {self.config.learning_rate:g})"
+                )
+            loss.backward()  # DistributedDataParallel averages the gradients here
+        except (RuntimeError, OSError) as e:
+            if runtime.collective_failure(e):  # raised inside DistributedDataParallel
+                raise runtime.peer_error("the gradient all-reduce", e) from e
+            raise
+        return value
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        """Write the checkpoint (see the module docstring)."""
+        """Write the checkpoint (see the module docstring); under several processes rank 0
+        writes it, with every rank's random states, and the others wait."""
+        assert self.checkpoint is not None
+        states = runtime.all_gather_object(_random_states(), "sharing the random states")
+        if self.rank == 0:
+            self._write(states)
+        runtime.barrier("writing the checkpoint")
+
+    def _write(self, states: list[dict[str, Any]]) -> None:
         assert self.checkpoint is not None
         folder = self.checkpoint
         tensors: dict[str, torch.Tensor] = {
@@ -151,10 +196,10 @@ class Trainer:
                     tensors[f"optim.{index}.{key}"] = value
                 else:
                     scalars[f"{index}.{key}"] = value
-        tensors["rng.torch"] = torch.get_rng_state()
-        np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)  # noqa: NPY002
-        tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
-        py_version, py_state, py_gauss = random.getstate()
+        for r, rng in enumerate(states):
+            suffix = "" if r == 0 else f".{r}"  # rank 0 keeps the one-process names
+            tensors[f"rng.torch{suffix}"] = rng["torch"]
+            tensors[f"rng.numpy{suffix}"] = rng["numpy_keys"]
         name = f"state-{self.step:08d}.safetensors"
         _io.write_tensors(folder / name, tensors)
         _io.write_json(folder / STATE_JSON, {
@@ -166,8 +211,10 @@ class Trainer:
             "config": self.config.to_dict(),
             "fingerprint": self.fingerprint,
             "optimizer_scalars": scalars,
-            "rng_numpy": [np_kind, np_pos, np_has_gauss, np_gauss],
-            "rng_python": [py_version, list(py_state), py_gauss],
+            "processes": len(states),
+            "rng_numpy": states[0]["numpy"],
+            "rng_python": states[0]["python"],
+            "rng_ranks": [{"numpy": r["numpy"], "python": r["python"]} for r in states[1:]],
             "history": self.history.to_dict(),
         })  # fmt: skip
         for old in folder.glob("state-*.safetensors"):
@@ -188,6 +235,12 @@ class Trainer:
             raise ValueError(
                 f"{what} was written with other settings ({', '.join(changed)}); resume with "
                 "the same settings, or start again without --resume (--overwrite)"
+            )
+        processes = int(meta.get("processes", 1))
+        if processes != self.world:
+            raise ValueError(
+                f"{what} was written by {processes} process(es); resume with the same number "
+                f"(this run has {self.world})"
             )
         if meta["fingerprint"] != self.fingerprint:
             raise ValueError(
@@ -212,11 +265,25 @@ class Trainer:
             state.setdefault(int(index), {})[entry] = value
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        torch.set_rng_state(tensors["rng.torch"])
-        np_kind, np_pos, np_has_gauss, np_gauss = meta["rng_numpy"]
-        keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+        suffix = "" if self.rank == 0 else f".{self.rank}"
+        mine = meta if self.rank == 0 else meta["rng_ranks"][self.rank - 1]
+        torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+        np_kind, np_pos, np_has_gauss, np_gauss = mine["rng_numpy" if self.rank == 0 else "numpy"]
+        keys = tensors[f"rng.numpy{suffix}"].numpy().astype(np.uint32)
         np.random.set_state((np_kind, keys, np_pos, np_has_gauss, np_gauss))  # noqa: NPY002
-        py_version, py_state, py_gauss = meta["rng_python"]
+        py_version, py_state, py_gauss = mine["rng_python" if self.rank == 0 else "python"]
         random.setstate((py_version, tuple(py_state), py_gauss))
         self.step = int(meta["step"])
         self.history = History(list(meta["history"]["loss"]), list(meta["history"]["evals"]))
+
+
+def _random_states() -> dict[str, Any]:
+    """This process's torch, numpy and Python random states (what a checkpoint keeps)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)  # noqa: NPY002
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy": [np_kind, np_pos, np_has_gauss, np_gauss],
+        "python": [py_version, list(py_state), py_gauss],
+    }
