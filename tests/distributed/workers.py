@@ -156,3 +156,50 @@ def finetune_rank(rank: int, world: int, model: str, out: str, kill_at: int | No
         Path(f"{out}.rank{rank}.txt").write_text(str(e))
     finally:
         runtime.shutdown()
+
+
+# --------------------------------------------------------------------------- FSDP
+def fsdp_training(model: Any, rank: int, world: int, shard: Callable[[Any], None] | None
+                  ) -> float:
+    """Three AdamW steps of Deep LoRA (query/value, rank 4, classifier trained) on a fixed
+    batch of 8, rank ``r`` taking its share; returns the loss on the whole batch after them
+    (docs/DISTRIBUTED.md shows the same recipe)."""
+    from deeplora.adapters import DeepLoraConfig, parameter_groups, wrap
+
+    model = wrap(model, DeepLoraConfig(target_modules="query-value",
+                                       modules_to_train=["classifier"], rank=4))
+    if shard is not None:
+        shard(model)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-2), betas=(0.9, 0.999),
+                                  eps=1e-6)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 30, (8, 7), generator=gen)
+    labels = torch.randint(0, 2, (8,), generator=gen)
+    mask = torch.ones_like(ids)
+    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(input_ids=ids[share], attention_mask=mask[share], labels=labels[share]
+              ).loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+
+
+def fsdp_rank(rank: int, world: int, out: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    from deeplora.distributed import runtime
+    from tests.adapters.conftest import ARCHS, build
+
+    def shard(model: Any) -> None:
+        for layer in model.bert.encoder.layer:  # each block, then the rest
+            fully_shard(layer)
+        fully_shard(model)
+
+    env = runtime.environment()
+    assert env is not None
+    runtime.initialize(env, timeout=60)
+    loss = fsdp_training(build(ARCHS["bert"], seed=0), rank, world, shard)
+    Path(out, f"rank{rank}.txt").write_text(repr(loss))
+    runtime.shutdown()

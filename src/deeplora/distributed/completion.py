@@ -64,6 +64,7 @@ class ShardedCompletion(Completion):
                               dtype=torch.float64)
         runtime.all_reduce(counts, "counting the observed entries")
         self.total, self._norm = int(counts[0]), math.sqrt(float(counts[1]))
+        self.bytes_reduced = 0  # payload this rank has all-reduced (for the benchmark)
 
     def __len__(self) -> int:
         return self.total
@@ -77,6 +78,7 @@ class ShardedCompletion(Completion):
         loss, rv, rta = super().low_rank(a, v)
         buf = torch.cat([loss.reshape(1), rv.reshape(-1), rta.reshape(-1)])
         runtime.all_reduce(buf, "the gradient all-reduce")
+        self.bytes_reduced += buf.numel() * buf.element_size()
         m, k = rv.shape
         n = rta.shape[0]
         return buf[0], buf[1 : 1 + m * k].view(m, k), buf[1 + m * k :].view(n, k)
