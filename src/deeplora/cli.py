@@ -24,6 +24,7 @@ import pandas as pd
 
 from ._io import atomic_open
 from .completion.solver import DivergenceError
+from .distributed.runtime import PeerError
 
 DEMO_SEED = 0
 DEMO_VAL_FRACTION = 0.1
@@ -437,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (UserError, ValueError, KeyError, FileNotFoundError, DivergenceError) as e:
+    except (UserError, ValueError, KeyError, FileNotFoundError, DivergenceError,
+            PeerError) as e:
         message = e.args[0] if e.args else str(e)
         print(f"error: {message}", file=sys.stderr)
         return 2
