@@ -159,6 +159,10 @@ def _grid(n: int, *, extra_width: float = 0.0) -> tuple[Figure, list[Axes]]:
     flat = list(axes.flat)
     for axis in flat[n:]:
         axis.remove()
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in flat[:n]:  # step counts of five digits must not run together
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     return fig, flat[:n]
 
 
