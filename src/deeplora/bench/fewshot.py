@@ -93,13 +93,13 @@ class Settings:
     rank_n: int = 16  # n of the rank sweep
     seeds: int = 5  # test seeds 0 .. seeds-1 per cell
     lora_lrs: tuple[float, ...] = (1e-4, 5e-4, 2e-3)  # PEFT LoRA's learning-rate grid
-    selection_seeds: int = 2  # seeds per (n, lr) of the lr selection
+    selection_seeds: int = 1  # seeds per (n, lr) of the lr selection (--full: 2)
     alpha_per_rank: float = 2.0  # PEFT LoRA: lora_alpha = alpha_per_rank * rank
     steps: int = 100  # optimizer steps per run
     batch_size: int = 16
     max_length: int = 64  # tokens per review (longer ones are cut)
     val_size: int = 300  # validation reviews held out of the training data
-    test_size: int | None = None  # test reviews (None: all 1,000; else a stratified subsample)
+    test_size: int | None = 500  # test reviews (None: all 1,000; else a stratified subsample)
     workers: int = 2  # single-threaded worker processes
 
     def __post_init__(self) -> None:
@@ -145,6 +145,8 @@ class Settings:
 QUICK = Settings(ns=(16, 64), ranks=(4, 8), seeds=2, lora_lrs=(5e-4, 2e-3), selection_seeds=1,
                  steps=15, max_length=32, val_size=64, test_size=128)  # fmt: skip
 FULL_SEEDS = 10
+# --full: more seeds, every test review and two selection seeds per learning rate
+FULL = dict(seeds=FULL_SEEDS, test_size=None, selection_seeds=2)
 
 
 # =========================================================================== runs
@@ -580,13 +582,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "deeplora.finetune: Deep LoRA at its defaults against PEFT LoRA (alpha = 2 x rank, lr "
         "chosen per n on a validation split of the training data) at n = 16, 64, 256 and ranks "
         "4-64 at n = 16, several seeds each. Prints mean ± std per cell and the targets; "
-        "--json, --plot save them. The default is 88 runs of 100 steps, sized for about an hour "
-        "on 2 cores (2 single-threaded workers); --resume continues a killed run.",
+        "--json, --plot save them. The default is 79 runs of 100 steps on 500 test reviews, sized "
+        "for about an hour on 2 cores (2 single-threaded workers); --full runs 10 seeds on all "
+        "1,000 test reviews; --resume continues a killed run.",
     )
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (n 16, 64; ranks 4, 8; 2 seeds; 15 steps; 128 test reviews):"
                    " a smoke test in a few minutes")  # fmt: skip
-    p.add_argument("--full", action="store_true", help=f"{FULL_SEEDS} seeds per cell")
+    p.add_argument("--full", action="store_true",
+                   help=f"{FULL_SEEDS} seeds per cell, all 1,000 test reviews, 2 selection seeds")
     p.add_argument("--seeds", type=int, metavar="S", help=f"seeds per cell (default {d.seeds})")
     p.add_argument("--ns", type=int, nargs="+", metavar="N", help=f"training examples "
                    f"(default {' '.join(map(str, d.ns))})")  # fmt: skip
@@ -602,7 +606,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-size", type=int, metavar="V",
                    help=f"validation reviews held out of the training data (default {d.val_size})")
     p.add_argument("--test-size", type=int, metavar="T",
-                   help="a fixed subsample of the 1,000 test reviews (default all)")
+                   help=f"a fixed stratified subsample of the 1,000 test reviews (default "
+                        f"{d.test_size}; 1000 for all)")
     p.add_argument("--model", metavar="NAME", help="model folder or name (default minilm)")
     p.add_argument("--workers", type=int, metavar="W",
                    help=f"single-threaded worker processes (default {d.workers})")
@@ -622,7 +627,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ValueError("--quick and --full contradict each other: choose one")
     base = QUICK if args.quick else Settings()
     if args.full:
-        base = replace(base, seeds=FULL_SEEDS)
+        base = replace(base, **FULL)  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
     for name in ("seeds", "selection_seeds", "steps", "max_length", "val_size", "test_size",
                  "model", "workers"):  # fmt: skip
