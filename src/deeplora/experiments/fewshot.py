@@ -18,7 +18,8 @@ Sizes: ``smoke`` (n 8, rank 8, one seed, 3 steps, 32 test reviews, in-process: 3
 ``default`` (n 16 and 64, ranks 8 / 16 / 64 at n = 16 (three of the paper's four), 2 seeds,
 the bench's 3-value lr grid with 1 selection seed, 100 steps, 500 test reviews, 2
 single-threaded workers: 22 runs, 18 minutes measured on 2 cores) and ``full`` (the bench's
-``--full``: n 16 / 64 / 256, ranks 4-64, 10 seeds, all 1,000 test reviews: 158 runs, hours).
+``--full``: n 16 / 64 / 256, ranks 4-64, 10 seeds, 2 selection seeds, all 1,000 test reviews:
+158 runs, hours).
 
 The seeds are the bench's (0 .. S-1 per cell, 1000 + i for the lr selection); ``ctx.seed``
 (``--seed``) does not apply here.
@@ -36,7 +37,9 @@ from dataclasses import replace
 from typing import Any
 
 from ..bench.fewshot import (
-    FULL_SEEDS,
+    FULL as BENCH_FULL,
+)
+from ..bench.fewshot import (
     LABEL,
     LABELS,
     SPREAD_TARGET,
@@ -55,7 +58,7 @@ SMOKE = Settings(ns=(8,), ranks=(8,), base_rank=8, rank_n=8, seeds=1, lora_lrs=(
                  workers=1)  # fmt: skip
 DEFAULT = Settings(ns=(16, 64), ranks=(8, 16, 64), seeds=2, selection_seeds=1,
                    test_size=500, workers=2)  # fmt: skip
-FULL = replace(Settings(), seeds=FULL_SEEDS)
+FULL = replace(Settings(), **BENCH_FULL)  # type: ignore[arg-type]
 
 # PAPER.md 4.1 (BERT-base, STS-B Pearson correlation, mean ± std over seeds)
 PAPER_BY_N: dict[int, dict[str, tuple[float, float]]] = {
