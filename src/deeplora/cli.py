@@ -442,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             PeerError) as e:
         message = e.args[0] if e.args else str(e)
         print(f"error: {message}", file=sys.stderr)
+        if isinstance(e, PeerError):
+            from .distributed import runtime
+
+            runtime.exit_after_lost_peer(2)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

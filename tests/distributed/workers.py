@@ -115,6 +115,8 @@ def faulty_rank(rank: int, world: int, out: str, mode: str) -> None:
         message = "finished"
     except runtime.PeerError as e:
         message = f"PeerError {time.monotonic() - start:.2f}: {e}"
+        Path(out, f"rank{rank}.txt").write_text(message)
+        runtime.exit_after_lost_peer(0)  # as the command does (with status 2)
     Path(out, f"rank{rank}.txt").write_text(message)
 
 
@@ -154,8 +156,8 @@ def finetune_rank(rank: int, world: int, model: str, out: str, kill_at: int | No
                  on_step=on_step)
     except runtime.PeerError as e:
         Path(f"{out}.rank{rank}.txt").write_text(str(e))
-    finally:
-        runtime.shutdown()
+        runtime.exit_after_lost_peer(0)  # as the command does (with status 2)
+    runtime.shutdown()
 
 
 # --------------------------------------------------------------------------- FSDP

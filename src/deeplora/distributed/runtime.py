@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -79,10 +80,24 @@ def initialize(env: DistEnv, *, timeout: float = DEFAULT_TIMEOUT,
                             timeout=datetime.timedelta(seconds=timeout))
 
 
+_lost_peer = False  # set when a collective failed: the group cannot be torn down cleanly
+
+
 def shutdown() -> None:
-    """Leave the process group (no-op when there is none)."""
-    if dist.is_initialized():
+    """Leave the process group (no-op when there is none, or when a peer was lost)."""
+    if dist.is_initialized() and not _lost_peer:
         dist.destroy_process_group()
+
+
+def exit_after_lost_peer(code: int) -> NoReturn:
+    """End this process at once with ``code``, after flushing its output.
+
+    A process group whose peer died cannot be torn down cleanly: its communication threads
+    may abort the interpreter at exit. Skipping the teardown keeps the exit status (and the
+    one-line error printed before) what the user sees."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def active() -> bool:
@@ -99,6 +114,8 @@ def world_size() -> int:
 
 
 def _fail(what: str, error: Exception) -> PeerError:
+    global _lost_peer
+    _lost_peer = True
     return PeerError(
         f"rank {rank()} of {world_size()}: {what} failed, so another rank died or stopped "
         f"answering ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
