@@ -102,10 +102,17 @@ class Trainer:
             )
         self.net: nn.Module = adapted.model
         if self.world > 1:
+            import inspect
+
             from torch.nn.parallel import DistributedDataParallel
 
             # the frozen model's buffers never change: no broadcast before each forward
-            self.net = DistributedDataParallel(adapted.model, broadcast_buffers=False)
+            # (the option's name changed in torch 2.13; older releases know only the first)
+            known = inspect.signature(DistributedDataParallel.__init__).parameters
+            option = ("forward_sync_buffers" if "forward_sync_buffers" in known
+                      else "broadcast_buffers")
+            sync: dict[str, Any] = {option: False}
+            self.net = DistributedDataParallel(adapted.model, **sync)
         self.optimizer = torch.optim.AdamW(
             adapted.groups, betas=config.betas, eps=config.adam_eps
         )
