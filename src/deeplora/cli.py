@@ -80,19 +80,26 @@ def _add_complete(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_complete)
 
 
-def _run_complete(args: argparse.Namespace) -> int:
+def _launched(args: argparse.Namespace, command: Callable[..., int], how: str) -> int:
+    """``command(args, main=...)`` alone, or as one rank of a torchrun / SLURM job (the
+    process group joined first, left after; rank 0 is ``main`` and says ``how`` it splits
+    the work)."""
     from .distributed import runtime
 
     env = runtime.environment()
     if env is None:
-        return _complete(args, main=True)
+        return command(args, main=True)
     runtime.initialize(env, timeout=args.dist_timeout)
     try:
         if env.is_main:
-            print(f"torch.distributed: {env.world_size} processes; Omega is sharded across them")
-        return _complete(args, main=env.is_main)
+            print(f"torch.distributed: {env.world_size} processes; {how}")
+        return command(args, main=env.is_main)
     finally:
         runtime.shutdown()
+
+
+def _run_complete(args: argparse.Namespace) -> int:
+    return _launched(args, _complete, "Omega is sharded across them")
 
 
 def _complete(args: argparse.Namespace, *, main: bool) -> int:
@@ -288,19 +295,7 @@ def _target_modules(value: str) -> str | list[str]:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from .distributed import runtime
-
-    env = runtime.environment()
-    if env is None:
-        return _finetune(args, main=True)
-    runtime.initialize(env, timeout=args.dist_timeout)
-    try:
-        if env.is_main:
-            print(f"torch.distributed: {env.world_size} processes share each batch "
-                  "(DistributedDataParallel)")
-        return _finetune(args, main=env.is_main)
-    finally:
-        runtime.shutdown()
+    return _launched(args, _finetune, "they share each batch (DistributedDataParallel)")
 
 
 def _finetune(args: argparse.Namespace, *, main: bool) -> int:
