@@ -43,6 +43,26 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         yield f
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` made JSON-ready: NaN and infinities become ``None``, numpy scalars and
+    arrays Python values, dict keys strings (nested dicts, lists and tuples)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     with atomic_open(path) as f:
         json.dump(data, f, indent=2)

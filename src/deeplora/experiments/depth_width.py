@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from .._io import json_safe
 from ..completion.wide import WideConfig, WideSolver
 from . import Context
 from ._matrix import (
     EPS,
     SOLVER_OFFSET,
-    clean,
     completion_problem,
     fmt_count,
     threads,
@@ -125,7 +125,7 @@ def run(ctx: Context) -> dict[str, Any]:
         f"{step_list(2)}",
         f"paper: depth 3 {PAPER['depth3']}; depth 2 {PAPER['depth2']}",
     ]
-    return clean({
+    return json_safe({
         "settings": {"d": d, "rank": r, "fraction": size.fraction,
                      "observed": len(problems[0][1]), "observations_per_dof": observed,
                      "depths": list(DEPTHS), "widths": list(size.widths), "seeds": size.seeds,

@@ -41,12 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import json_safe
 from ..completion.data import random_low_rank
 from ..completion.objectives import Factorization
 from ..completion.solver import GradientDescent, auto_lr
 from ..completion.wide import WideConfig, WideSolver
 from . import Context
-from ._matrix import DEPTH, EPS, PAPER_LR, SOLVER_OFFSET, clean, fmt_count, threads, timed_run
+from ._matrix import DEPTH, EPS, PAPER_LR, SOLVER_OFFSET, fmt_count, threads, timed_run
 
 MOVED_RTOL = 1e-6  # a singular value has left eps when |s - eps| > MOVED_RTOL * eps
 TARGET_ERROR = 1e-6
@@ -186,7 +187,7 @@ def run(ctx: Context) -> dict[str, Any]:
         f"change (end-to-end {float(np.nanmax(e2e)):.1e}; theorem: 0)",
         f"paper: {PAPER['claim']} ({PAPER['source']})",
     ]
-    return clean({
+    return json_safe({
         "settings": {"d": d, "rank": r, "depth": DEPTH, "init_scale": EPS, "lr": lr,
                      "lr_source": "automatic", "paper_lr": PAPER_LR, "dtype": "float64",
                      "init": "orthogonal", "target_error": TARGET_ERROR,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from .._io import json_safe
 from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.wide import WideConfig, WideSolver
 from . import Context
@@ -40,7 +41,6 @@ from ._matrix import (
     EPS,
     PAPER_LR,
     SOLVER_OFFSET,
-    clean,
     completion_problem,
     fmt_count,
     shared_lr,
@@ -141,7 +141,7 @@ def run(ctx: Context) -> dict[str, Any]:
         f"paper (d = 1000, its step): compressed {PAPER['compressed_steps']}; narrow "
         f"{PAPER['narrow_steps']}",
     ]
-    return clean({
+    return json_safe({
         "settings": {"d": d, "rank": r, "fraction": size.fraction, "observed": len(obs),
                      "observations_per_dof": observed, "rank_hats": list(xs), "depth": DEPTH,
                      "init_scale": size.eps, "dtype": "float64", "lr": lr, "lr_source": "automatic",

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import json_safe
 from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import LowRankMatrix, random_low_rank
 from ..completion.solver import GradientDescent
@@ -53,7 +54,6 @@ from ._matrix import (
     EPS,
     PAPER_LR,
     SOLVER_OFFSET,
-    clean,
     completion_problem,
     fmt_count,
     fmt_seconds,
@@ -215,7 +215,7 @@ def run(ctx: Context) -> dict[str, Any]:
         f"{fmt_count(zero['steps'])} steps (stalls)",
         f"paper: {PAPER['factorization']}; {PAPER['completion']}; {PAPER['gamma_zero']}",
     ]
-    return clean({
+    return json_safe({
         "settings": {"factorization": {"d": d_f, "rank": r_f}, "completion": {
                          "d": d_c, "rank": r_c, "fraction": size.fraction,
                          "observed": len(obs)},
