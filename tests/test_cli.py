@@ -26,7 +26,7 @@ def test_complete_writes_model_predictions_and_top_k(table, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["complete", str(table), "--rank", "2", "--init-scale", "0.05",
                  "--max-steps", "2000", "--out", str(out), "--predict", str(pairs),
-                 "--top-k", "3", "--no-progress"])
+                 "--top-k", "3", "--basis", "normalized", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "validation RMSE" in printed and "mean-rating baseline" in printed
@@ -52,6 +52,8 @@ def test_complete_writes_model_predictions_and_top_k(table, tmp_path, capsys):
         (["complete", "{table}", "--rank", "2", "--init-scale", "-1"], "init_scale must be > 0"),
         (["complete", "{table}", "--rank", "2", "--lr", "0"], "lr must be > 0"),
         (["complete", "{table}", "--rank", "2", "--width", "5"], "--width applies to"),
+        (["complete", "{table}", "--rank", "2", "--solver", "wide", "--basis", "normalized"],
+         "--basis applies to --solver compressed only"),
         (["complete", "{table}", "--rank", "40"], "must be < min(m, n)"),
         (["complete", "{missing}", "--rank", "2"], "does not exist"),
         (["complete", "{table}", "--rank", "2", "--predict", "{missing}"], "does not exist"),

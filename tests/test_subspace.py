@@ -12,6 +12,7 @@ from deeplora.subspace import (
     compress_identity,
     effective_rank,
     eps_orthogonal,
+    normalized_top_singular,
     principal_cosines,
     top_singular,
 )
@@ -45,6 +46,45 @@ def test_top_singular_sparse_matches_dense():
     s_ref = np.linalg.svd(dense, compute_uv=False)[:4]
     np.testing.assert_allclose(s, s_ref, rtol=1e-10)
     np.testing.assert_allclose(np.abs(np.sum(u * (dense @ v), axis=0)), s, rtol=1e-10)
+
+
+def test_normalized_basis_maps_back_to_the_exact_subspaces():
+    """On an exactly low-rank matrix with very uneven rows and columns, the top singular
+    vectors of D_r E D_c mapped back by D_r^-1, D_c^-1 span E's own column and row spaces."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 3)) * rng.lognormal(0, 1.5, (60, 1))
+    y = rng.standard_normal((80, 3)) * rng.lognormal(0, 1.5, (80, 1))
+    e = x @ y.T
+    energies = ((e**2).sum(1), (e**2).sum(0))
+    for matrix in (e, sp.csr_matrix(e), sp.linalg.aslinearoperator(e)):
+        u, v = normalized_top_singular(matrix, 3, *energies)
+        np.testing.assert_allclose(u.T @ u, np.eye(3), atol=1e-12)
+        cu = principal_cosines(torch.from_numpy(u), torch.from_numpy(np.linalg.qr(x)[0]))
+        cv = principal_cosines(torch.from_numpy(v), torch.from_numpy(np.linalg.qr(y)[0]))
+        np.testing.assert_allclose(cu.numpy(), 1.0, atol=1e-10)
+        np.testing.assert_allclose(cv.numpy(), 1.0, atol=1e-10)
+    with pytest.raises(ValueError, match="do not fit a 60 x 80 matrix"):
+        normalized_top_singular(e, 3, energies[1], energies[0])
+
+
+def test_normalized_basis_finds_the_target_in_very_sparse_samples():
+    """20 entries per row of a rank-3 matrix with heavy rows: the plain top singular vectors
+    lock onto the heaviest rows, the normalized ones onto the target's subspace."""
+    rng = np.random.default_rng(0)
+    d, r, count = 3000, 3, 60_000
+    x = rng.standard_normal((d, r)) * np.where(rng.random((d, 1)) < 0.01, 4.0, 1.0)
+    y = rng.standard_normal((d, r))
+    flat = rng.choice(d * d, size=count, replace=False)
+    rows, cols = flat // d, flat % d
+    vals = np.einsum("ij,ij->i", x[rows], y[cols])
+    e = sp.csr_matrix((vals, (rows, cols)), shape=(d, d))
+    energies = (np.bincount(rows, vals**2, minlength=d), np.bincount(cols, vals**2, minlength=d))
+    qx = torch.from_numpy(np.linalg.qr(x)[0])
+    plain = principal_cosines(torch.from_numpy(top_singular(e, r)[0]), qx)
+    normalized = principal_cosines(torch.from_numpy(normalized_top_singular(e, r, *energies)[0]),
+                                   qx)  # fmt: skip
+    assert float(normalized.min()) > 0.7
+    assert float(normalized.min()) > 2 * float(plain.min())
 
 
 def _projector(q):

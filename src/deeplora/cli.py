@@ -54,6 +54,10 @@ def _add_complete(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-factor", type=float, default=1.0,
                    help="multiplier of the automatic step (default 1)")
     p.add_argument("--gamma", type=float, help="outer step factor (default 0.01)")
+    p.add_argument("--basis", choices=["gradient", "normalized"],
+                   help="directions of the compressed slice: of the init gradient (the "
+                        "paper's, default) or of its row/column-normalized form (better "
+                        "when rows have only a few dozen entries)")
     p.add_argument("--max-steps", type=int, help="step budget (default 20000; demo 3000)")
     p.add_argument("--patience", type=int, default=10,
                    help="evaluations without a better validation RMSE before stopping")
@@ -144,10 +148,12 @@ def _complete(args: argparse.Namespace, *, main: bool) -> int:
                   progress=main and not args.no_progress)
     config: CompressedConfig | WideConfig
     if args.solver == "compressed":
-        config = CompressedConfig(rank=rank, gamma=args.gamma, **common)
+        config = CompressedConfig(rank=rank, gamma=args.gamma, **common,
+                                  **({"basis": args.basis} if args.basis else {}))
     else:
-        if args.gamma is not None:
-            raise UserError("--gamma applies to --solver compressed only")
+        for flag, value in (("--gamma", args.gamma), ("--basis", args.basis)):
+            if value is not None:
+                raise UserError(f"{flag} applies to --solver compressed only")
         config = WideConfig(width=args.width, **common)
     if main:
         print(f"{obs.shape[0]:,} rows x {obs.shape[1]:,} columns, {len(obs):,} entries "

@@ -128,6 +128,50 @@ def top_singular(
     return u[:, order], s[order], vt[order].T
 
 
+def normalized_top_singular(
+    matrix: np.ndarray | sp.spmatrix | sp.sparray | LinearOperator,
+    k: int,
+    row_energy: np.ndarray,
+    col_energy: np.ndarray,
+    *,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal bases ``(U, V)`` of the top-``k`` left and right singular subspaces of a
+    sampled low-rank matrix, read off its row- and column-normalized form.
+
+    With the row and column sums of squares ``a_i = sum_j E_ij^2``, ``b_j = sum_i E_ij^2``,
+    ``D_r = diag(a + mean(a))^(-1/2)`` and ``D_c = diag(b + mean(b))^(-1/2)``:
+    ``(U', V') = top_k(D_r E D_c)``, ``U = orth(D_r^(-1) U')``, ``V = orth(D_c^(-1) V')``.
+
+    When a few dozen entries per row are observed, the top singular vectors of ``E`` itself
+    settle on the rows and columns whose observed entries carry the most energy, and miss
+    the target's subspace. Scaling those down (regularized by the mean, in the manner of
+    regularized spectral clustering) keeps ``E ~ X Y^T`` in the form
+    ``(D_r X)(D_c Y)^T``, whose left and right subspaces map back to ``X`` and ``Y``. The cost is
+    one :func:`top_singular` of the scaled matrix or operator.
+    """
+    a = np.asarray(row_energy, dtype=np.float64)
+    b = np.asarray(col_energy, dtype=np.float64)
+    if a.shape != (matrix.shape[0],) or b.shape != (matrix.shape[1],):
+        raise ValueError(f"energies of shapes {a.shape} and {b.shape} do not fit a "
+                         f"{matrix.shape[0]} x {matrix.shape[1]} matrix")  # fmt: skip
+    dr = 1.0 / np.sqrt(a + max(a.mean(), np.finfo(np.float64).tiny))
+    dc = 1.0 / np.sqrt(b + max(b.mean(), np.finfo(np.float64).tiny))
+    scaled: np.ndarray | sp.spmatrix | LinearOperator
+    if isinstance(matrix, LinearOperator):
+        op = matrix
+        scaled = LinearOperator(
+            op.shape, dtype=np.float64,
+            matvec=lambda x: dr * op.matvec(dc * np.ravel(x)),
+            rmatvec=lambda y: dc * op.rmatvec(dr * np.ravel(y)))  # fmt: skip
+    elif sp.issparse(matrix):
+        scaled = sp.diags(dr) @ sp.csr_matrix(matrix) @ sp.diags(dc)
+    else:
+        scaled = dr[:, None] * np.asarray(matrix) * dc[None, :]
+    u, _, v = top_singular(scaled, k, seed=seed)
+    return np.linalg.qr(u / dr[:, None])[0], np.linalg.qr(v / dc[:, None])[0]
+
+
 def compress_dense(
     factors: Sequence[torch.Tensor],
     grad_first: torch.Tensor,

@@ -16,9 +16,10 @@ from deeplora.distributed.completion import ShardedCompletion, shard
 from tests.distributed import workers
 
 
-def single(max_steps: int) -> torch.Tensor:
+def single(max_steps: int, basis: str = "gradient") -> torch.Tensor:
     truth, obs = workers.completion_problem()
-    result = CompressedSolver(obs, workers.completion_config(max_steps), truth=truth).run()
+    result = CompressedSolver(obs, workers.completion_config(max_steps, basis),
+                              truth=truth).run()  # fmt: skip
     return result.left @ result.right.T
 
 
@@ -33,15 +34,28 @@ def test_shard_splits_every_entry_once() -> None:
         shard(obs, 3, 3)
 
 
-def test_one_process_sharded_equals_plain() -> None:
+@pytest.mark.parametrize("basis", ["gradient", "normalized"])
+def test_one_process_sharded_equals_plain(basis: str) -> None:
     """Without a process group the sharded objective is the plain one (its init SVD goes
     through a linear operator: equal up to rounding)."""
     truth, obs = workers.completion_problem()
-    plain = CompressedSolver(obs, workers.completion_config(100), truth=truth).run()
-    sharded = CompressedSolver(ShardedCompletion(obs), workers.completion_config(100),
+    plain = CompressedSolver(obs, workers.completion_config(100, basis), truth=truth).run()
+    sharded = CompressedSolver(ShardedCompletion(obs), workers.completion_config(100, basis),
                                truth=truth).run()
     f, g = plain.left @ plain.right.T, sharded.left @ sharded.right.T
     assert float((f - g).norm() / f.norm()) < 1e-12
+
+
+def test_two_ranks_sum_the_energies_of_the_normalized_basis(tmp_path: Path) -> None:
+    """Each rank holds part of every row's entries: the row and column energies of the
+    normalized basis are summed over the ranks, so two ranks build the one-process slice."""
+    out = str(tmp_path)
+    assert workers.launch(workers.fit_sharded, 2, out, 50, False, "normalized") == [0, 0]
+    reference = single(50, "normalized")
+    for r in range(2):
+        res = torch.load(tmp_path / f"rank{r}.pt")
+        f = res["left"] @ res["right"].T
+        assert float((f - reference).norm() / reference.norm()) < 1e-9
 
 
 def test_two_ranks_follow_one_process_and_resume(tmp_path: Path) -> None:

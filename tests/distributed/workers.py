@@ -64,14 +64,15 @@ def completion_problem() -> tuple[Any, Any]:
     return truth, sample_entries(truth, 0.35, seed=2)
 
 
-def completion_config(max_steps: int) -> Any:
+def completion_config(max_steps: int, basis: str = "gradient") -> Any:
     from deeplora.completion import CompressedConfig
 
     return CompressedConfig(rank=2, init_scale=0.1, max_steps=max_steps, eval_every=25,
-                            progress=False)
+                            progress=False, basis=basis)  # type: ignore[arg-type]
 
 
-def fit_sharded(rank: int, world: int, out: str, max_steps: int, resume: bool) -> None:
+def fit_sharded(rank: int, world: int, out: str, max_steps: int, resume: bool,
+                basis: str = "gradient") -> None:
     """Fit on this rank's share (checkpointing into OUT/checkpoint) and save the factors."""
     from deeplora.distributed import runtime
     from deeplora.distributed.completion import DistributedCompressedSolver, shard
@@ -80,8 +81,8 @@ def fit_sharded(rank: int, world: int, out: str, max_steps: int, resume: bool) -
     assert env is not None
     runtime.initialize(env, timeout=60)
     truth, obs = completion_problem()
-    solver = DistributedCompressedSolver(shard(obs, rank, world), completion_config(max_steps),
-                                         truth=truth)
+    solver = DistributedCompressedSolver(shard(obs, rank, world),
+                                         completion_config(max_steps, basis), truth=truth)
     result = solver.run(checkpoint=Path(out) / "checkpoint", checkpoint_every=50,
                         resume=resume)
     torch.save({"left": result.left, "right": result.right,

@@ -86,6 +86,11 @@ ML_EPS = 0.1  # init scale on MovieLens (as in `deeplora complete --demo`)
 # there (24 at d = 100): at eps = 1e-3 leaving the init would take ~ gamma s / eps GD steps
 # (the outer factors bound the step), far beyond 30 minutes. 0.03 keeps eps^L / s ~ 1e-9.
 SCALE_EPS = 0.03
+# Basis of the scale run's slice. With 20 observed entries per row (rho = 2) the top singular
+# vectors of the init gradient sit on the rows and columns of largest observed energy; those
+# of its row/column-normalized form align with the target (cosines ~0.85 against ~0.2 in a
+# 20,000 x 20,000 check with 400,000 entries). See CompressedConfig.basis.
+SCALE_BASIS = "normalized"
 PAPER_LR = 5e-3  # the paper's eta = 5e-3 m n on its mean loss, on our plain-sum loss
 ERRORS = (1e-3, 1e-6)  # relative errors whose crossing is reported
 SUCCESS = 1e-3  # sample efficiency: success means relative error <= this
@@ -127,6 +132,7 @@ class Plan:
     scale_minutes: float
     scale_eps: float  # init scale of the scale run (SCALE_EPS by default)
     scale_dtype: str
+    scale_basis: str  # basis of the compressed slice in the scale run
     isolate: bool  # measure solvers in fresh subprocesses
     trimmed: list[str]
 
@@ -141,7 +147,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             soft_iters=30, als_iters=20, rank_hats=[RANK],
             ml_rank=8, ml_steps=60, ml_patience=3, ml_soft_iters=2,
             scale_shape=3_000, scale_count=60_000, scale_minutes=0.25,
-            scale_eps=EPS, scale_dtype="float64", isolate=False,
+            scale_eps=EPS, scale_dtype="float64", scale_basis=SCALE_BASIS, isolate=False,
             trimmed=["--quick: tiny sizes and budgets; the numbers only show that it runs"],
         )
     else:
@@ -153,7 +159,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             rank_hats=[RANK, 2 * RANK, 4 * RANK],
             ml_rank=8, ml_steps=3_000, ml_patience=10, ml_soft_iters=100,
             scale_shape=100_000, scale_count=2_000_000, scale_minutes=30.0,
-            scale_eps=SCALE_EPS, scale_dtype="float32", isolate=True,
+            scale_eps=SCALE_EPS, scale_dtype="float32", scale_basis=SCALE_BASIS,
+            isolate=True,
             trimmed=[
                 "wide: the wide network runs to convergence up to d = 300 only; above, its "
                 "time is compressed steps x measured seconds per step (--full-wide runs it)",
@@ -182,6 +189,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.scale_eps = args.scale_init_scale
     if args.scale_dtype is not None:
         plan.scale_dtype = args.scale_dtype
+    if args.scale_basis is not None:
+        plan.scale_basis = args.scale_basis
     if args.no_isolate:
         plan.isolate = False
     return plan
@@ -280,7 +289,8 @@ def time_wide(d: int, lr: float, steps: int, seed: int) -> dict[str, Any]:
 
 
 def run_scale(m: int, count: int, lr: float | None, minutes: float, seed: int,
-              eval_every: int, eps: float = EPS, dtype: str = "float64") -> dict[str, Any]:
+              eval_every: int, eps: float = EPS, dtype: str = "float64",
+              basis: str = "gradient") -> dict[str, Any]:
     """The compressed solver on an m x m problem with ``count`` entries until relative error
     1e-2 or ``minutes`` of wall time (solver setup included)."""
     t0 = time.perf_counter()
@@ -289,7 +299,7 @@ def run_scale(m: int, count: int, lr: float | None, minutes: float, seed: int,
     config = CompressedConfig(rank=RANK, depth=DEPTH, init_scale=eps, lr=lr,
                               max_steps=eval_every, target_error=1e-2, eval_every=eval_every,
                               blowup=BLOWUP, progress=False, seed=seed + SOLVER_OFFSET,
-                              dtype=dtype)  # type: ignore[arg-type]
+                              dtype=dtype, basis=basis)  # type: ignore[arg-type]
     _warm_up("compressed")
     with PeakMemory() as mem:
         start = time.perf_counter()
@@ -633,13 +643,14 @@ def section_movielens(plan: Plan) -> dict[str, Any]:
 def section_scale(plan: Plan) -> dict[str, Any]:
     m, count = plan.scale_shape, plan.scale_count
     print(f"\n== scale (m = n = {m:,}, {count:,} observed, r={RANK}; until relative error "
-          f"1e-2 or {plan.scale_minutes:g} min; eps {plan.scale_eps:g}, {plan.scale_dtype}; "
-          f"{torch.get_num_threads()} thread(s))")
+          f"1e-2 or {plan.scale_minutes:g} min; eps {plan.scale_eps:g}, {plan.scale_dtype}, "
+          f"{plan.scale_basis} basis; {torch.get_num_threads()} thread(s))")
     eval_every = 100 if m >= 10_000 else 25
     notes = ["automatic step with back-off (the paper's 5e-3 diverges at this scale: the "
              "outer factors' curvature grows as gamma p s^2 with the target's scale s)"]
     res = run_isolated(run_scale, m, count, None, plan.scale_minutes, 0, eval_every,
-                       plan.scale_eps, plan.scale_dtype, isolate=plan.isolate)
+                       plan.scale_eps, plan.scale_dtype, plan.scale_basis,
+                       isolate=plan.isolate)
     for note in notes:
         print(f"  note: {note}")
     if "diverged" in res:
@@ -658,7 +669,7 @@ def section_scale(plan: Plan) -> dict[str, Any]:
               f" reached: {res['reached_1e-2']} after {minutes:.1f} min (solver setup "
               f"included), peak RSS {mem['peak_rss_mb'] / 1024:.2f} GB (whole process)")
     res["notes"] = notes
-    res.update(shape=[m, m], observed=count)
+    res.update(shape=[m, m], observed=count, basis=plan.scale_basis, init_scale=plan.scale_eps)
     return res
 
 
@@ -690,6 +701,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"init scale of --scale (default {SCALE_EPS:g})")
     p.add_argument("--scale-dtype", choices=["float32", "float64"],
                    help="dtype of --scale (default float32)")
+    p.add_argument("--scale-basis", choices=["gradient", "normalized"],
+                   help=f"basis of the compressed slice in --scale (default {SCALE_BASIS}: at "
+                        "20 entries per row the gradient's top directions are mostly noise)")
     p.add_argument("--scale-size", type=int, nargs=2, metavar=("M", "OBSERVED"),
                    help="m = n and the number of observed entries of --scale "
                         "(default 100000 2000000)")

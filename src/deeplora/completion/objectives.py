@@ -55,6 +55,12 @@ class Objective(ABC):
         """``grad_f l`` at ``f = scale * J`` (J the m x n partial identity), as a dense
         array or a scipy.sparse matrix."""
 
+    def init_energies(self, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column sums of squares of :meth:`init_gradient` (for the normalized basis,
+        :func:`deeplora.subspace.normalized_top_singular`)."""
+        squares = np.asarray(self.init_gradient(scale)) ** 2  # dense here; sparse: overridden
+        return squares.sum(axis=1), squares.sum(axis=0)
+
     @abstractmethod
     def transpose(self) -> Objective:
         """The same problem for ``f^T``."""
@@ -127,8 +133,17 @@ class Completion(Objective):
 
     def init_gradient(self, scale: float) -> sp.csr_matrix:
         rows, cols = self.rows.numpy(), self.cols.numpy()
-        res = np.where(rows == cols, scale, 0.0) - self.values.double().numpy()
-        return sp.csr_matrix((res, (rows, cols)), shape=self.shape)
+        return sp.csr_matrix((self._init_residual(scale), (rows, cols)), shape=self.shape)
+
+    def init_energies(self, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        squares = self._init_residual(scale) ** 2
+        m, n = self.shape
+        return (np.bincount(self.rows.numpy(), squares, minlength=m),
+                np.bincount(self.cols.numpy(), squares, minlength=n))  # fmt: skip
+
+    def _init_residual(self, scale: float) -> np.ndarray:
+        rows, cols = self.rows.numpy(), self.cols.numpy()
+        return np.where(rows == cols, scale, 0.0) - self.values.double().numpy()
 
     def transpose(self) -> Completion:
         return Completion(self.obs.transpose(), self.dtype)

@@ -107,6 +107,11 @@ class ShardedCompletion(Completion):
     def init_gradient(self, scale: float) -> LinearOperator:
         return self._operator(super().init_gradient(scale))
 
+    def init_energies(self, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        rows, cols = super().init_energies(scale)  # of this rank's entries: sum over ranks
+        both = _reduced(np.concatenate([rows, cols]), "the row and column energies")
+        return both[: rows.shape[0]], both[rows.shape[0] :]
+
     def transpose(self) -> ShardedCompletion:
         return ShardedCompletion(self.obs.transpose(), self.dtype)
 
