@@ -4,6 +4,7 @@ writes every section to the JSON file. Timings are never asserted."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,17 @@ def test_quick_run_writes_every_section(tmp_path: Path, capsys: pytest.CaptureFi
     rmses = {r["model"]: r["val_rmse"] for r in sections["movielens"]["rows"]}
     assert len(rmses) == 5
     assert all(0.5 < v < 1.5 for v in rmses.values())
+
+
+@pytest.mark.parametrize("basis", ["normalized", "gradient"])
+def test_scale_section_runs_with_either_basis(tmp_path: Path, basis: str) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "completion", "--quick", "--only", "scale", "--scale",
+                 "--scale-basis", basis, "--scale-minutes", "0.05", "--json", str(out)]) == 0
+    scale = json.loads(out.read_text())["sections"]["scale"]
+    assert scale["basis"] == basis
+    assert scale["shape"] == [3000, 3000] and scale["steps"] > 0
+    assert math.isfinite(scale["final_rel_error"])
 
 
 def test_only_selects_sections(tmp_path: Path) -> None:

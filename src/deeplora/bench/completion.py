@@ -36,7 +36,8 @@ Sections (``--only`` / ``--skip`` pick them; ``scale`` runs only with ``--scale`
 ``scale``
     m = n = 100,000, 2,000,000 observed entries (``--scale-size`` for others), r = 5: wall
     time and peak memory of the compressed solver until relative error 1e-2 (or the time
-    limit), at the automatic step with back-off and eps = ``SCALE_EPS``.
+    limit), at the automatic step with back-off, eps = ``SCALE_EPS`` and the normalized basis
+    (``--scale-basis``; ``SCALE_BASIS``).
 
 Peak memory is the peak resident set size of the process running the solver (it sees torch's
 CPU allocations), minus its size before the solver was built; measured solvers run in a fresh
@@ -669,7 +670,8 @@ def section_scale(plan: Plan) -> dict[str, Any]:
               f" reached: {res['reached_1e-2']} after {minutes:.1f} min (solver setup "
               f"included), peak RSS {mem['peak_rss_mb'] / 1024:.2f} GB (whole process)")
     res["notes"] = notes
-    res.update(shape=[m, m], observed=count, basis=plan.scale_basis, init_scale=plan.scale_eps)
+    res.update(shape=[m, m], observed=count, basis=plan.scale_basis,
+               init_scale=plan.scale_eps)  # fmt: skip
     return res
 
 
