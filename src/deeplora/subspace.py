@@ -10,7 +10,8 @@ map is ``chain(factors) = W_L ... W_2 W_1``.
 Theorem (section 2): with ``W_l(0) = eps * orthogonal`` and gradient descent on a rank-r
 problem, ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T`` for fixed orthonormal ``U_l, V_l``: only a
 2r-dimensional slice of each layer moves. :func:`compress_dense` (section 3.1) and
-:func:`compress_identity` (our sparse form, PAPER.md 3.2) build the outer bases of that slice.
+:func:`compress_identity` (our sparse form, PAPER.md 3.2) build the outer bases of that slice;
+:func:`normalized_top_singular` (ours) reads its directions off a very sparse init gradient.
 """
 
 from __future__ import annotations

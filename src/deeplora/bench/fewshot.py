@@ -582,8 +582,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "deeplora.finetune: Deep LoRA at its defaults against PEFT LoRA (alpha = 2 x rank, lr "
         "chosen per n on a validation split of the training data) at n = 16, 64, 256 and ranks "
         "4-64 at n = 16, several seeds each. Prints mean ± std per cell and the targets; "
-        "--json, --plot save them. The default is 79 runs of 100 steps on 500 test reviews, sized "
-        "for about an hour on 2 cores (2 single-threaded workers); --full runs 10 seeds on all "
+        "--json, --plot save them. The default is 79 runs of 100 steps on 500 test reviews: 55 "
+        "minutes on 2 cores (2 single-threaded workers); --full runs 10 seeds on all "
         "1,000 test reviews; --resume continues a killed run.",
     )
     p.add_argument("--quick", action="store_true",
