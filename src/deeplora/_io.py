@@ -7,6 +7,7 @@ A file is written to a temporary name in the same folder and moved into place wi
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -53,10 +55,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 def json_safe(value: Any) -> Any:
     """``value`` made JSON-ready: NaN and infinities become ``None``, numpy scalars and
     arrays Python values, dict keys strings (nested dicts, lists and tuples)."""
-    import math
-
-    import numpy as np
-
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
