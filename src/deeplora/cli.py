@@ -223,7 +223,14 @@ _FINETUNE_FIELDS = ("task", "text_column", "pair_column", "label_column", "promp
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from .finetune.config import ADAPTER_INITS, DEFAULT_HEAD_LR, DEFAULT_LR, METHODS, TASKS
+    from .finetune.config import (
+        ADAPTER_INITS,
+        DEFAULT_HEAD_LR,
+        DEFAULT_INIT_SCALE,
+        DEFAULT_LR,
+        METHODS,
+        TASKS,
+    )
 
     p = sub.add_parser(
         "finetune", help="few-shot fine-tuning of a pretrained model with Deep LoRA",
@@ -258,7 +265,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rank", type=int, help="adapter width (default 8)")
     g.add_argument("--depth", type=int, help="Deep LoRA factors (default 3)")
     g.add_argument("--init", choices=ADAPTER_INITS, help="Deep LoRA init (default orthogonal)")
-    g.add_argument("--init-scale", type=float, help="Deep LoRA eps (default 1e-3)")
+    scales = ", ".join(f"{k} {v:g}" for k, v in DEFAULT_INIT_SCALE.items())
+    g.add_argument("--init-scale", type=float, help=f"Deep LoRA eps (default: {scales})")
     g.add_argument("--gamma", type=float, help="compressed init: outer lr factor (0.01)")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 8, PEFT's)")
     g = p.add_argument_group("training")

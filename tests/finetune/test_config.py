@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from deeplora.finetune import DEFAULT_HEAD_LR, DEFAULT_LR, FinetuneConfig
+from deeplora.finetune import DEFAULT_HEAD_LR, DEFAULT_INIT_SCALE, DEFAULT_LR, FinetuneConfig
 from deeplora.finetune.config import DEFAULT_COMPRESSED_LR
 
 
 def test_defaults_are_the_papers_optimizer() -> None:
     config = FinetuneConfig()
     assert (config.betas, config.adam_eps, config.weight_decay) == ((0.9, 0.999), 1e-6, 0.0)
-    assert (config.batch_size, config.rank, config.depth, config.init_scale) == (16, 8, 3, 1e-3)
+    assert (config.batch_size, config.rank, config.depth) == (16, 8, 3)
     assert config.method == "deep-lora" and config.task == "classification"
 
 
@@ -23,6 +23,14 @@ def test_learning_rates_resolve_by_method() -> None:
     assert FinetuneConfig(lr=3e-4).head_learning_rate == DEFAULT_HEAD_LR
     assert FinetuneConfig(method="full", lr=2e-5).head_learning_rate == 2e-5
     assert FinetuneConfig(head_lr=5e-3).head_learning_rate == 5e-3
+
+
+def test_init_scales_resolve_by_init() -> None:
+    assert FinetuneConfig().init_scale is None
+    assert FinetuneConfig().factor_scale == DEFAULT_INIT_SCALE["orthogonal"] == 3e-2
+    assert FinetuneConfig(init="compressed").factor_scale == DEFAULT_INIT_SCALE["compressed"]
+    assert FinetuneConfig(init="compressed").factor_scale == 1e-3  # the paper's, as its lr
+    assert FinetuneConfig(init_scale=0.2, init="compressed").factor_scale == 0.2
 
 
 def test_round_trip() -> None:

@@ -186,6 +186,25 @@ def test_on_attach_sees_the_model_before_the_first_step(models: dict[str, Path],
     assert any(not torch.equal(start[n], p) for n, p in trained.items())
 
 
+@pytest.mark.parametrize(("init_scale", "eps"), [(None, 3e-2), (0.25, 0.25)])
+def test_adapter_factors_start_at_the_resolved_eps(models: dict[str, Path],
+                                                   init_scale: float | None,
+                                                   eps: float) -> None:  # fmt: skip
+    """Each factor starts as eps times a (semi-)orthogonal matrix: all singular values eps."""
+    layers: list[DeepLoraLayer] = []
+
+    def on_attach(adapted: Adapted) -> None:
+        layers.extend(m for m in adapted.model.modules() if isinstance(m, DeepLoraLayer))
+        for branch in (b for layer in layers for b in layer.adapters.values()):
+            for factor in branch.factors:
+                s = torch.linalg.svdvals(factor.detach().double())
+                torch.testing.assert_close(s, torch.full_like(s, eps), rtol=1e-5, atol=0)
+
+    result = finetune(reviews(8), config(models["bert"], steps=0, init_scale=init_scale),
+                      evaluation=reviews(4, seed=1), on_attach=on_attach)  # fmt: skip
+    assert layers and result.metrics["init_scale"] == eps
+
+
 def test_methods_share_data_order_head_and_evaluation(models: dict[str, Path]) -> None:
     """LoRA and Deep LoRA differ in the adapter only: same batches, same head init, same
     evaluation examples, same loss and optimizer settings."""

@@ -15,7 +15,7 @@ DataFrames::
 The command is ``deeplora finetune`` (see :mod:`deeplora.cli`).
 """
 
-from .config import DEFAULT_HEAD_LR, DEFAULT_LR, FinetuneConfig
+from .config import DEFAULT_HEAD_LR, DEFAULT_INIT_SCALE, DEFAULT_LR, FinetuneConfig
 from .data import Examples, examples_from_table, few_shot, hold_out, load_reviews, read_table
 from .methods import Adapted, attach
 from .metrics import accuracy, classification_metrics, macro_f1, mcc, regression_metrics
@@ -26,6 +26,7 @@ from .trainer import History, Trainer, batch_indices
 
 __all__ = [
     "DEFAULT_HEAD_LR",
+    "DEFAULT_INIT_SCALE",
     "DEFAULT_LR",
     "Adapted",
     "CausalLMTask",

@@ -22,10 +22,16 @@ METHODS: tuple[str, ...] = ("deep-lora", "lora", "full")
 ADAPTER_INITS: tuple[str, ...] = ("orthogonal", "compressed")
 
 # Learning rate of the adapter (or of every weight, for "full") when ``lr`` is None: the best
-# validation accuracy of a grid on MiniLM, 64 reviews, 100 steps (README, "Few-shot
+# validation accuracy of grids on MiniLM and the Amazon reviews, 100 steps (README, "Few-shot
 # fine-tuning": defaults and why). Deep LoRA needs more than the paper's 1e-4: its product of
-# three eps-sized factors leaves the init only after ~0.1 / lr Adam steps.
-DEFAULT_LR: dict[str, float] = {"deep-lora": 3e-3, "lora": 5e-4, "full": 2e-5}
+# three eps-sized factors leaves the init only after ~eps / lr Adam steps.
+DEFAULT_LR: dict[str, float] = {"deep-lora": 1e-3, "lora": 5e-4, "full": 2e-5}
+# Deep LoRA's eps when ``init_scale`` is None, per init. Orthogonal: 3e-2, not the paper's
+# 1e-3, so that Adam's first steps (~lr each) are a small fraction of the factors (lr / eps =
+# 1/30; the paper's 1e-4 / 1e-3 = 1/10) while dW(0) ~ eps^3 = 3e-5 stays negligible; chosen
+# with DEFAULT_LR on validation over n = 16-256 and ranks 4-64 (docs/BENCHMARKS.md).
+# Compressed: the paper's 1e-3, with which DEFAULT_COMPRESSED_LR was measured.
+DEFAULT_INIT_SCALE: dict[str, float] = {"orthogonal": 3e-2, "compressed": 1e-3}
 # Learning rate of the new task head when ``head_lr`` is None, the same for every adapter
 # method: the head starts at random and must train (at 1e-4 it hardly moves in 100 steps).
 DEFAULT_HEAD_LR = 1e-3
@@ -56,7 +62,7 @@ class FinetuneConfig:
     rank: int = 8  # width of the adapter (both methods)
     depth: int = 3  # Deep LoRA: number of factors
     init: InitKind = "orthogonal"  # Deep LoRA: "orthogonal" (the paper's) or "compressed"
-    init_scale: float = 1e-3  # Deep LoRA: eps of the factors
+    init_scale: float | None = None  # Deep LoRA: eps of the factors; None: DEFAULT_INIT_SCALE
     gamma: float = 1e-2  # compressed Deep LoRA: the outer factors train at gamma * lr
     lora_alpha: float = 8.0  # LoRA: PEFT's default; scaling lora_alpha / rank
     # --- optimizer and loop (PAPER.md 4)
@@ -108,7 +114,7 @@ class FinetuneConfig:
                           ("seed", 0)):  # fmt: skip
             _integer(name, getattr(self, name), low=low)
         _integer("threads", self.threads, low=1, allow_none=True)
-        _number("init_scale", self.init_scale, low=0.0, open_low=True)
+        _number("init_scale", self.init_scale, low=0.0, open_low=True, allow_none=True)
         _number("gamma", self.gamma, low=0.0)
         _number("lora_alpha", self.lora_alpha, low=0.0, open_low=True)
         _number("lr", self.lr, low=0.0, open_low=True, allow_none=True)
@@ -143,6 +149,11 @@ class FinetuneConfig:
         if self.method == "deep-lora" and self.init == "compressed":
             return DEFAULT_COMPRESSED_LR
         return DEFAULT_LR[self.method]
+
+    @property
+    def factor_scale(self) -> float:
+        """``init_scale``, or the default eps for the Deep LoRA init."""
+        return self.init_scale if self.init_scale is not None else DEFAULT_INIT_SCALE[self.init]
 
     @property
     def head_learning_rate(self) -> float:

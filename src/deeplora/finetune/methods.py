@@ -73,7 +73,7 @@ def _deep_config(config: FinetuneConfig, head: str | None) -> DeepLoraConfig:
     return DeepLoraConfig(
         rank=config.rank,
         depth=config.depth,
-        init_scale=config.init_scale,
+        init_scale=config.factor_scale,
         init=config.init,
         target_modules=config.target_modules,
         modules_to_train=[head] if head else [],
