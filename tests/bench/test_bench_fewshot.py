@@ -18,19 +18,22 @@ import torch
 from deeplora.bench import fewshot
 from deeplora.bench.fewshot import Job, RunLog, Settings, aggregate, select_lrs
 from deeplora.cli import main
-from deeplora.finetune import DEFAULT_LR
+from deeplora.finetune import DEFAULT_LR, FinetuneConfig
 
 torch.set_num_threads(1)
 
+DEFAULTS = FinetuneConfig()  # Deep LoRA's lr and eps
 SMALL = Settings(ns=(16, 64), ranks=(4, 8, 16), seeds=3, lora_lrs=(1e-4, 1e-3),
                  selection_seeds=2)  # fmt: skip
 
 
 def record(split: str, method: str, n: int, rank: int, seed: int, lr: float | None,
            accuracy: float, macro_f1: float | None = None) -> dict[str, Any]:  # fmt: skip
+    deep = method == "deep-lora"
     return {"split": split, "method": method, "n": n, "rank": rank, "seed": seed, "lr": lr,
             "accuracy": accuracy, "macro_f1": accuracy - 0.1 if macro_f1 is None else macro_f1,
-            "lr_used": 1e-3 if lr is None else lr, "seconds": 1.0}  # fmt: skip
+            "lr_used": DEFAULTS.learning_rate if lr is None else lr,
+            "init_scale": DEFAULTS.factor_scale if deep else None, "seconds": 1.0}  # fmt: skip
 
 
 def synthetic(settings: Settings, deep: dict[tuple[int, int], list[float]],
@@ -197,6 +200,12 @@ def test_run_log_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
         RunLog(path, Settings(**{**SMALL.__dict__, "steps": 7}), resume=True, overwrite=False)
     with pytest.raises(ValueError, match="--resume to continue"):
         RunLog(path, SMALL, resume=False, overwrite=False)
+    older = tmp_path / "older.jsonl"  # Deep LoRA runs logged at other defaults
+    text = path.read_text().replace(f'"init_scale": {DEFAULTS.factor_scale}', '"init_scale": 0.001')
+    older.write_text(text + '{"torn')
+    with pytest.raises(ValueError, match=r"not today's defaults \(lr 0.001, eps 0.03\)"):
+        RunLog(older, SMALL, resume=True, overwrite=False)
+    assert older.read_text() == text + '{"torn'  # refused before anything was rewritten
     fresh = RunLog(path, SMALL, resume=False, overwrite=True)
     assert fresh.records == {} and len(path.read_text().splitlines()) == 1
 

@@ -64,7 +64,7 @@ import torch
 
 from .._io import atomic_open, write_json
 from ..finetune import FinetuneConfig, examples_from_table, finetune, hold_out, load_reviews
-from ..finetune.config import DEFAULT_HEAD_LR, DEFAULT_LR
+from ..finetune.config import DEFAULT_HEAD_LR
 from ._common import describe_machine, fmt, machine_info, table
 
 RUNS_KIND = "deeplora.bench-fewshot-runs"
@@ -390,6 +390,7 @@ class RunLog:
                 record = _parse(line)
                 if record is not None:  # a line torn by a kill is skipped (run again)
                     self.records[record_key(record)] = record
+            _check_deep_defaults(path, self.records.values())
             with atomic_open(path) as f:  # without the torn line, so appends start clean
                 f.write("\n".join([lines[0], *map(json.dumps, self.records.values())]) + "\n")
             return
@@ -411,6 +412,19 @@ class RunLog:
 
     def missing(self, jobs: Iterable[Job]) -> list[Job]:
         return [j for j in jobs if j.key not in self.records]
+
+
+def _check_deep_defaults(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Deep LoRA runs at the library defaults: logged runs made at other ones (an older
+    version of the library) cannot be mixed with new runs."""
+    deep = FinetuneConfig()
+    now = (deep.learning_rate, deep.factor_scale)
+    for r in records:
+        then = (r.get("lr_used"), r.get("init_scale"))
+        if r.get("method") == "deep-lora" and then != now:
+            raise ValueError(f"{path} holds Deep LoRA runs at lr {then[0]}, eps {then[1]}, not "
+                             f"today's defaults (lr {now[0]:g}, eps {now[1]:g}): pass "
+                             "--overwrite to start again")  # fmt: skip
 
 
 def _parse(line: str) -> dict[str, Any] | None:
@@ -674,10 +688,11 @@ def run(args: argparse.Namespace) -> int:
           + (f" (a fixed stratified subsample of {tables.test_total})"
              if len(tables.test) < tables.test_total else "")
           + f"; test majority class {majority:.3f}")
+    deep = FinetuneConfig()  # the library defaults Deep LoRA runs at
     print(f"per run: {settings.steps} steps of batch {settings.batch_size} (all n if n < "
           f"{settings.batch_size}), {settings.max_length} tokens; Deep LoRA: defaults (lr "
-          f"{DEFAULT_LR['deep-lora']:g}, depth 3, eps 1e-3); PEFT LoRA: alpha = "
-          f"{settings.alpha_per_rank:g} x rank, lr from {list(settings.lora_lrs)}; head lr "
+          f"{deep.learning_rate:g}, depth {deep.depth}, eps {deep.factor_scale:g}); PEFT LoRA: "
+          f"alpha = {settings.alpha_per_rank:g} x rank, lr from {list(settings.lora_lrs)}; head lr "
           f"{DEFAULT_HEAD_LR:g}")  # fmt: skip
     print(f"runs: {len(selection_all)} lr-selection (validation) + {len(deep_all)} Deep LoRA + "
           f"{lora_count} PEFT LoRA (test) = {total_runs}; {settings.seeds} seeds per cell"

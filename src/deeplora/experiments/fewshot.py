@@ -8,7 +8,7 @@ paper's numbers are for BERT-base on GLUE's STS-B (Pearson correlation), so the 
 compare, only the trends do: Deep LoRA ahead with few examples, and Deep LoRA's accuracy
 nearly independent of the rank while LoRA's falls at high rank.
 
-Deep LoRA runs at the library defaults (depth 3, eps 1e-3, lr ``DEFAULT_LR``); PEFT LoRA has
+Deep LoRA runs at the library defaults (depth 3, eps 3e-2, lr 1e-3); PEFT LoRA has
 ``lora_alpha = 2 * rank`` and its learning rate chosen per n on a validation split held out of
 the training reviews (the bench's protocol, :mod:`deeplora.bench.fewshot`). Reported per cell:
 test accuracy and macro-F1, mean ± std over seeds, the spread of the mean accuracy across
