@@ -29,7 +29,7 @@ def test_init_scales_resolve_by_init() -> None:
     assert FinetuneConfig().init_scale is None
     assert FinetuneConfig().factor_scale == DEFAULT_INIT_SCALE["orthogonal"] == 3e-2
     assert FinetuneConfig(init="compressed").factor_scale == DEFAULT_INIT_SCALE["compressed"]
-    assert FinetuneConfig(init="compressed").factor_scale == 1e-3  # the paper's, as its lr
+    assert FinetuneConfig(init="compressed").factor_scale == 1e-3  # its lr was set at it
     assert FinetuneConfig(init_scale=0.2, init="compressed").factor_scale == 0.2
 
 
