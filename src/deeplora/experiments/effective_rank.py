@@ -40,10 +40,9 @@ import numpy as np
 
 from ..subspace import effective_rank
 from . import Context
-from ._minilm import config, reviews, short
+from ._minilm import PAPER_EPS, PAPER_EPS_LR, config, reviews, short
 
 RANK = 8
-PAPER_EPS = 1e-3  # the paper's Deep LoRA init scale (PAPER.md 4)
 ATOL = 1e-3  # the paper's threshold
 RTOL = 1e-2
 TARGETS = "attention-mlp"
@@ -82,7 +81,7 @@ class Run:
 
 def runs(size: Size) -> list[Run]:
     out = [Run("lora", "PEFT LoRA", "lora", None),
-           Run("deep-lora", "Deep LoRA", "deep-lora", 3e-3, PAPER_EPS)]
+           Run("deep-lora", "Deep LoRA", "deep-lora", PAPER_EPS_LR, PAPER_EPS)]
     if size.paper_lr:
         out.append(Run("deep-lora-paper-lr", "Deep LoRA, lr 1e-4", "deep-lora", 1e-4, PAPER_EPS))
     return out

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from . import Context
-from ._minilm import config, reviews, short
+from ._minilm import PAPER_EPS, PAPER_EPS_LR, config, reviews, short
 
 RANK = 8
 K = 8  # singular values recorded per update (its whole spectrum)
@@ -51,8 +51,7 @@ ALIGN_KS = (1, 2, 3, 4)  # the top-k subspaces whose alignment is recorded (r = 
 GROWN = 0.1  # s_1 has grown when it reaches this share of its final value
 ALIGNED = 0.9  # mean cosine from which a subspace counts as found
 TINY = 1e-6  # singular values below this have not left the init (eps^3 = 1e-9)
-EPS = 1e-3  # the factors' init scale, the paper's (FinetuneConfig.init_scale)
-LR = 3e-3  # the learning rate: with eps 1e-3, the factors leave the init in tens of steps
+EPS = PAPER_EPS  # the factors' init scale (FinetuneConfig.init_scale)
 TARGETS = "query-value"
 
 
@@ -124,7 +123,7 @@ def run(ctx: Context) -> dict[str, Any]:
             recorder.on_step(step)
 
     cfg = config(n=size.n, method="deep-lora", target_modules=TARGETS, rank=RANK,
-                 init_scale=EPS, lr=LR, steps=size.steps, max_length=size.max_length,
+                 init_scale=EPS, lr=PAPER_EPS_LR, steps=size.steps, max_length=size.max_length,
                  seed=ctx.seed, progress=ctx.progress)  # fmt: skip
     result = finetune(train, cfg, evaluation=test, on_attach=on_attach, on_step=on_step)
     spectrum, *by_k = (r.finish() for r in recorders)
