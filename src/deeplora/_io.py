@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,3 +113,53 @@ def check_version(meta: dict[str, Any], what: str, kind: str) -> None:
             f"{what}: format_version {version!r} is not supported (this deeplora reads up to "
             f"{FORMAT_VERSION}); upgrade deeplora"
         )
+
+
+def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *,
+                        finished: str, checkpoint: str, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that would lose something, before any work.
+
+    ``outputs`` are the names a run writes there (``finished`` marks a completed run,
+    ``checkpoint`` an interrupted one). Refused: a path that is a file or cannot be written;
+    a folder holding other files, or a previous run, unless ``overwrite``; an interrupted run
+    unless ``resume`` (to continue it) or ``overwrite``.
+    """
+    from .errors import UserError
+
+    out = Path(out)
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite starts it again: choose one")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) \
+        if out.is_dir() else []
+    foreign = [name for name in present if name not in outputs]
+    if foreign and not overwrite:
+        raise UserError(
+            f"--out {out} holds files this command did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose another --out, or pass --overwrite "
+            "to write beside them"
+        )
+    if finished in present and not (overwrite or resume):
+        raise UserError(f"--out {out} holds a finished run ({finished}); pass --overwrite to "
+                        "replace it or choose another --out")
+    if checkpoint in present and not (overwrite or resume):
+        raise UserError(f"--out {out} holds an interrupted run ({checkpoint}/); pass --resume "
+                        "to continue it or --overwrite to start again")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {out} cannot be written ({e.strerror}); choose another "
+                        "--out") from None
+
+
+def remove_outputs(out: str | os.PathLike[str], names: tuple[str, ...]) -> None:
+    """Remove the files and folders ``names`` from ``out`` (a previous run's outputs)."""
+    for name in names:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

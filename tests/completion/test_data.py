@@ -68,11 +68,11 @@ def test_csv_errors(tmp_path):
         Observations.from_csv(empty)
     two = tmp_path / "two.csv"
     two.write_text("a,b\n")
-    with pytest.raises(ValueError, match="expected 3 columns"):
+    with pytest.raises(ValueError, match="line 1: expected 3 fields"):
         Observations.from_csv(two)
     words = tmp_path / "words.csv"
-    words.write_text("a,b,1\nc,d,many\n")
-    with pytest.raises(ValueError, match="non-numeric"):
+    words.write_text("a,b,1\n\nc,d,many\n")
+    with pytest.raises(ValueError, match=r"words.csv line 3: the value 'many' is not a number"):
         Observations.from_csv(words)
     with pytest.raises(FileNotFoundError):
         Observations.from_csv(tmp_path / "missing.csv")

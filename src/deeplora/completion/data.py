@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,32 +165,18 @@ class Observations:
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str], sep: str | None = None) -> Observations:
-        """From a CSV/TSV file of ``row_id,col_id,value`` (a header line is optional).
+        """From a CSV/TSV file of ``row_id,col_id,value`` lines (a header line is optional:
+        :func:`~deeplora.completion.tables.read_entries`).
 
-        IDs are read as strings, so ``007`` and ``7`` stay different IDs. The separator is a
-        tab for ``.tsv`` files and a comma otherwise unless ``sep`` is given.
+        IDs are read as text, so ``007`` and ``7`` stay different IDs and ``NA`` is an ID.
+        The separator is a tab for ``.tsv`` files and a comma otherwise unless ``sep`` is
+        given.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
-        if sep is None:
-            sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        try:
-            df = pd.read_csv(path, sep=sep, header=None, dtype=str, skip_blank_lines=True)
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"{path} is empty: expected lines of row_id,col_id,value") from None
-        if df.shape[1] != 3:
-            raise ValueError(
-                f"{path}: expected 3 columns (row_id, col_id, value) separated by {sep!r}, "
-                f"found {df.shape[1]}"
-            )
-        first = pd.to_numeric(df.iloc[:1, 2], errors="coerce")
-        if first.isna().all():  # a header line
-            df = df.iloc[1:]
-        if len(df) == 0:
-            raise ValueError(f"{path} has no data lines: expected row_id,col_id,value")
-        df.columns = pd.Index(["row_id", "col_id", "value"])
-        return cls.from_dataframe(df, "row_id", "col_id", "value")
+        from .tables import read_entries
+
+        df, _ = read_entries(path, sep)
+        return cls.from_ids(df["row_id"].to_numpy(), df["col_id"].to_numpy(),
+                            df["value"].to_numpy())
 
     @classmethod
     def from_scipy(cls, matrix: sp.spmatrix | sp.sparray) -> Observations:
