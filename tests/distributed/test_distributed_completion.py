@@ -64,7 +64,7 @@ def test_two_ranks_follow_one_process_and_resume(tmp_path: Path) -> None:
     out = str(tmp_path)
     assert workers.launch(workers.fit_sharded, 2, out, 150, False) == [0, 0]
     files = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
-    assert files == ["state.json", "state.safetensors"]  # one writer, no leftovers
+    assert files == ["state-150.safetensors", "state.json"]  # one writer, no leftovers
     assert workers.launch(workers.fit_sharded, 2, out, 300, True) == [0, 0]
     reference = single(300)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from deeplora import cli
+from deeplora import cli, cli_complete
 from deeplora.distributed import runtime
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS",
@@ -73,7 +73,7 @@ def test_cli_reports_a_lost_peer_in_one_line(monkeypatch: pytest.MonkeyPatch,
     def exit_now(code: int) -> None:  # the real one ends the process without teardown
         raise SystemExit(code)
 
-    monkeypatch.setattr(cli, "_run_complete", lost)  # the parser is built inside main
+    monkeypatch.setattr(cli_complete, "run", lost)  # the parser is built inside main
     monkeypatch.setattr(runtime, "exit_after_lost_peer", exit_now)
     with pytest.raises(SystemExit) as ended:
         cli.main(["complete", "--demo"])

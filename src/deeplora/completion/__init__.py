@@ -16,11 +16,25 @@ from .objectives import Completion, Factorization, Objective, Sensing
 from .solver import DivergenceError, FitResult, History, SolverConfig, relative_error
 from .wide import WideConfig, WideSolver
 
+
+def __getattr__(name: str) -> object:
+    """``DeepImputer`` is imported on first use: it needs scikit-learn (an optional extra)."""
+    if name == "DeepImputer":
+        try:
+            from .imputer import DeepImputer
+        except ImportError as e:
+            raise ImportError("DeepImputer needs scikit-learn: pip install 'deeplora[sklearn]'"
+                              ) from e
+        return DeepImputer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Completion",
     "CompletionModel",
     "CompressedConfig",
     "CompressedSolver",
+    "DeepImputer",
     "DivergenceError",
     "Factorization",
     "FitResult",

@@ -36,9 +36,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+import torch
 from scipy.sparse.linalg import LinearOperator, svds
 
 from deeplora.completion.data import Observations
+from deeplora.completion.offsets import DEFAULT_OFFSET_REG, Offsets
 
 __all__ = [
     "DEFAULT_ALS_REG",
@@ -50,6 +52,7 @@ __all__ = [
     "als",
     "rmse",
     "soft_impute",
+    "soft_impute_validated",
 ]
 
 Center = Literal["none", "mean", "biases"]
@@ -60,7 +63,7 @@ _CENTERS = ("none", "mean", "biases")
 # far less regularisation (reg near 0, a small shrinkage).
 
 #: Ridge penalty of :class:`MeanBaseline`: like ``reg`` extra observations of offset 0.
-DEFAULT_BIAS_REG = 3.0
+DEFAULT_BIAS_REG = DEFAULT_OFFSET_REG
 #: Ridge penalty of :func:`als`, multiplied by each row's/column's observation count; it
 #: shrinks in the units of the values.
 DEFAULT_ALS_REG = 0.2
@@ -169,9 +172,10 @@ class MeanBaseline:
     """Predict the global mean ``mu``, or with ``biases=True`` ``mu + b_row[i] + b_col[j]``.
 
     The offsets minimise ``sum_Omega (x - mu - b_row[i] - b_col[j])^2 + reg (|b_row|^2 +
-    |b_col|^2)`` by alternating exact updates (rows, then columns), each one ``np.bincount``;
-    at most ``sweeps`` of them, stopping early once no offset moves by more than ``tol``.
-    A row or column with no observations gets offset 0. ``clip=(lo, hi)`` clips predictions.
+    |b_col|^2)`` by exact sweeps (:class:`~deeplora.completion.offsets.Offsets`), at most
+    ``sweeps`` of them, stopping early once no offset moves by more than ``tol`` times the
+    values' RMS. A row or column with no observations gets offset 0. ``clip=(lo, hi)`` clips
+    predictions.
 
     >>> model = MeanBaseline(biases=True).fit(train)   # doctest: +SKIP
     >>> model.predict(test.rows, test.cols)            # doctest: +SKIP
@@ -206,20 +210,10 @@ class MeanBaseline:
         self.row_bias, self.col_bias = np.zeros(m), np.zeros(n)
         if not self.biases:
             return self
-        resid = obs.values - self.mean
-        row_den = np.bincount(obs.rows, minlength=m) + self.reg
-        col_den = np.bincount(obs.cols, minlength=n) + self.reg
-        row_den[row_den == 0] = 1.0  # unobserved and reg = 0: numerator is 0 too
-        col_den[col_den == 0] = 1.0
-        bu, bi = self.row_bias, self.col_bias
-        for _ in range(self.sweeps):
-            new_bu = np.bincount(obs.rows, weights=resid - bi[obs.cols], minlength=m) / row_den
-            new_bi = np.bincount(obs.cols, weights=resid - new_bu[obs.rows], minlength=n) / col_den
-            change = max(np.abs(new_bu - bu).max(), np.abs(new_bi - bi).max())
-            bu, bi = new_bu, new_bi
-            if change <= self.tol:
-                break
-        self.row_bias, self.col_bias = bu, bi
+        offsets = Offsets(torch.from_numpy(obs.rows), torch.from_numpy(obs.cols), obs.shape,
+                          self.reg).fit(torch.from_numpy(obs.values), self.sweeps, self.tol)
+        self.mean = float(offsets.mu)
+        self.row_bias, self.col_bias = offsets.row.numpy(), offsets.col.numpy()
         return self
 
     def _offsets(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -435,6 +429,61 @@ def soft_impute(
     root = np.sqrt(s)
     return centering.model(u * root, v * root, clip=clip, iterations=total,
                            converged=converged, shrinkage=lam)
+
+
+def soft_impute_validated(
+    train: Observations,
+    validation: Observations,
+    *,
+    points: int = 12,
+    lowest: float = 1e-3,
+    rank: int | None = None,
+    max_iters: int = 100,
+    tol: float = 1e-4,
+    center: Center = "none",
+    clip: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> LowRankModel:
+    """Soft-impute with its shrinkage chosen on ``validation``: ``points`` values of lambda,
+    geometrically spaced from the top singular value of the centred ``P_Omega(X)`` down to
+    ``lowest`` times it, each warm-started from the previous one; the model with the lowest
+    validation RMSE is returned (its ``shrinkage`` says which). The path stops early once the
+    validation RMSE has risen for three values in a row."""
+    if validation.shape != train.shape:
+        raise ValueError(f"validation entries are for shape {validation.shape}, the training "
+                         f"entries {train.shape}; split both from the same Observations")
+    _check_count("points", points)
+    if not 0 < lowest < 1:
+        raise ValueError(f"lowest must be in (0, 1), got {lowest}")
+    if rank is not None:
+        _check_rank(rank, train.shape)
+    clip = _check_clip(clip)
+    m, n = train.shape
+    centering = _centered(train, center)
+    rng = np.random.default_rng((seed, 0xA15))
+    pat = _Pattern(train)
+    x_sorted = centering.values[pat.order]
+    top = np.asarray(svds(pat.csr(x_sorted), k=1, return_singular_vectors=False, rng=rng))
+    sigma1 = float(np.max(top))
+    state = _SoftImputeState(np.zeros((m, 0)), np.zeros(0), np.zeros((n, 0)), np.zeros((n, 0)))
+    best: tuple[float, LowRankModel] | None = None
+    worse, total = 0, 0
+    for lam in np.geomspace(sigma1, lowest * sigma1, points + 1)[1:]:
+        its, converged = _soft_impute_steps(pat, x_sorted, state, float(lam), rank, max_iters,
+                                            tol, rng, "randomized")
+        total += its
+        root = np.sqrt(state.s)
+        model = centering.model(state.u * root, state.v * root, clip=clip, iterations=total,
+                                converged=converged, shrinkage=float(lam))
+        score = rmse(model, validation)
+        if best is None or score < best[0]:
+            best, worse = (score, model), 0
+        else:
+            worse += 1
+            if worse == 3:
+                break
+    assert best is not None
+    return best[1]
 
 
 def _soft_impute_steps(

@@ -33,6 +33,7 @@ transitions of incremental learning slightly); ``exact_basis=True`` closes the s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,34 +54,73 @@ from .solver import GradientDescent, SolverConfig
 from .wide import wide_init
 
 
+def default_rank(shape: tuple[int, int], count: int) -> int:
+    """The r_hat used when none is given: the largest r whose degrees of freedom
+    ``r (m + n - r)`` the ``count`` observed numbers cover (the most a sample can determine),
+    at most ``min(m, n) // 2`` so that the 2 r_hat-wide slice fits. Depth makes a generous
+    r_hat harmless (docs/METHOD.md, "Choosing r_hat")."""
+    m, n = shape
+    top = max(min(m, n) // 2, 1)
+    # r (m + n - r) <= count  <=>  r <= ((m + n) - sqrt((m + n)^2 - 4 count)) / 2
+    disc = (m + n) ** 2 - 4 * count
+    r = top if disc <= 0 else int(((m + n) - math.sqrt(disc)) / 2)
+    return max(1, min(r, top))
+
+
+#: The outer bases' step ``gamma * lr`` when ``gamma`` is not given (completion), as a
+#: fraction of the inverse of their curvature ``q s^2`` (docs/METHOD.md, "The outer step").
+DEFAULT_OUTER_STEP = 0.03
+#: The paper's discrepant factor for completion (for factorization its ``gamma = 0``).
+PAPER_GAMMA = 0.01
+
+
 @dataclass(kw_only=True)
 class CompressedConfig(SolverConfig):
     """Settings of the compressed network."""
 
-    rank: int  # r_hat >= r, the assumed rank; the trained slice is 2 r_hat wide
-    gamma: float | None = None  # outer step factor; None: 0 for factorization, else 0.01
+    rank: int | None = None  # r_hat >= r, the assumed rank; None: default_rank of the data
+    gamma: float | None = None  # outer step factor; None: 0 for factorization, else from
+    # outer_step (completion)
+    outer_step: float | None = DEFAULT_OUTER_STEP  # gamma=None, completion: the outer step
+    # gamma * lr as a fraction of 1 / (q s^2); None: the paper's gamma = 0.01
     init: Literal["identity", "orthogonal"] = "identity"  # sparse form or dense construction
     width: int | None = None  # width of the wide network behind init="orthogonal"
     exact_basis: bool = False  # m != n: close the slice so the wide trajectory is exact
-    # init="identity": the r_hat directions of E that span the slice, "gradient" (the paper's:
-    # top singular vectors of E) or "normalized" (of E with rows and columns scaled by their
-    # energy; for very sparse samples, see the module docstring)
-    basis: Literal["gradient", "normalized"] = "gradient"
+    # the r_hat directions of E that span the slice: "gradient" (the paper's: top singular
+    # vectors of E) or "normalized" (of E with rows and columns scaled by their energy; for
+    # sparse samples, see the module docstring; identity init only); None: "normalized" with
+    # the identity init, "gradient" with the orthogonal one
+    basis: Literal["gradient", "normalized"] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"rank must be >= 1 (or None: chosen from the data), got "
+                             f"{self.rank}")
         if self.gamma is not None and self.gamma < 0:
             raise ValueError(f"gamma must be >= 0 (or None for the default), got {self.gamma}")
+        if self.outer_step is not None and not self.outer_step > 0:
+            raise ValueError(f"outer_step must be > 0 (or None: the paper's gamma), got "
+                             f"{self.outer_step}")
         if self.init not in ("identity", "orthogonal"):
             raise ValueError(f"init must be 'identity' or 'orthogonal', got {self.init!r}")
-        if self.basis not in ("gradient", "normalized"):
+        if self.basis not in (None, "gradient", "normalized"):
             raise ValueError(f"basis must be 'gradient' or 'normalized', got {self.basis!r}")
         if self.basis == "normalized" and self.init != "identity":
             raise ValueError("basis='normalized' applies only to init='identity'")
         if self.width is not None and self.init != "orthogonal":
             raise ValueError("width applies only to init='orthogonal' (the dense construction)")
+
+    @property
+    def resolved_basis(self) -> str:
+        """The basis in force (``basis``, or its default for ``init``)."""
+        if self.basis is not None:
+            return self.basis
+        return "normalized" if self.init == "identity" else "gradient"
+
+    @classmethod
+    def _paper_settings(cls) -> dict[str, Any]:
+        return {**super()._paper_settings(), "basis": "gradient", "outer_step": None}
 
 
 class CompressedSolver(GradientDescent):
@@ -98,30 +138,36 @@ class CompressedSolver(GradientDescent):
     ) -> None:
         super().__init__(problem, config, truth=truth, validation=validation)
         m, n = self.shape
-        if not config.rank < min(m, n):
+        self.rank = config.rank if config.rank is not None else default_rank(
+            self.shape, len(self.objective))
+        if not self.rank < min(m, n):
             raise ValueError(
-                f"rank {config.rank} must be < min(m, n) = {min(m, n)} for a {m} x {n} "
+                f"rank {self.rank} must be < min(m, n) = {min(m, n)} for a {m} x {n} "
                 "matrix; lower --rank"
             )
-        self.gamma = config.gamma if config.gamma is not None else (
-            0.0 if isinstance(self.objective, Factorization) else 0.01)
-        if config.lr is None and self.gamma > 0:
-            # The outer factors see curvature ~ q s^2 (they carry no eps-scaled part) at the
-            # step gamma * lr; on large targets this bound is the tighter one.
-            s = self.objective.target_scale()
-            outer = config.lr_factor / (self.gamma * self.objective.sampling_rate * s**2)
-            self.lr = min(self.lr, outer)
+        # The outer bases carry no eps-scaled part: they see curvature ~ q s^2 at the step
+        # gamma * lr, where the inner factors see ~ q L s^(2 - 2/L) at lr.
+        curvature = self.objective.sampling_rate * self.objective.target_scale() ** 2
+        if config.gamma is None and isinstance(self.objective, Factorization):
+            self.gamma = 0.0  # the wide trajectory exactly
+        elif config.gamma is None and config.outer_step is not None:
+            # the outer step a fixed fraction of its own stability bound: scale-free
+            self.gamma = config.outer_step * config.lr_factor / (curvature * self.lr)
+        else:  # a factor given, or the paper's; the step must suit the outer factors too
+            self.gamma = PAPER_GAMMA if config.gamma is None else config.gamma
+            if config.lr is None and self.gamma > 0:  # on large targets the tighter bound
+                self.lr = min(self.lr, config.lr_factor / (self.gamma * curvature))
         self.transposed = m > n
         self._obj = self.objective.transpose() if self.transposed else self.objective
-        dtype, eps, depth = config.torch_dtype, config.init_scale, config.depth
+        dtype, eps, depth = config.torch_dtype, self.init_scale, config.depth
         if config.init == "identity":
             grad = self._obj.init_gradient(eps**depth)
-            if config.basis == "normalized":
-                u, v = normalized_top_singular(grad, config.rank,
+            if config.resolved_basis == "normalized":
+                u, v = normalized_top_singular(grad, self.rank,
                                                *self._obj.init_energies(eps**depth),
                                                seed=config.seed)  # fmt: skip
             else:
-                u, _, v = top_singular(grad, config.rank, seed=config.seed)
+                u, _, v = top_singular(grad, self.rank, seed=config.seed)
             left, right = compress_identity(
                 torch.from_numpy(np.ascontiguousarray(u)).double(),
                 torch.from_numpy(np.ascontiguousarray(v)).double(), self._obj.shape,
@@ -133,26 +179,27 @@ class CompressedSolver(GradientDescent):
                 weights = [w.T for w in reversed(weights)]
             _, grad_f = self._obj.to(torch.float64).dense(chain(weights))
             grad_first = chain_grads(weights, grad_f)[0]
-            left, right = compress_dense(weights, grad_first, config.rank, eps,
+            left, right = compress_dense(weights, grad_first, self.rank, eps,
                                          exact=config.exact_basis)
         k = left.shape[1]
         self.left = left.to(dtype).contiguous()
         self.right = right.to(dtype).contiguous()
         self.inner = [eps * torch.eye(k, dtype=dtype) for _ in range(depth)]
 
-    def step(self) -> float:
+    def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
         p = chain(self.inner)
         a = self.left @ p
         loss, r_right, rt_a = self._obj.low_rank(a, self.right)
-        grad_p = self.left.T @ r_right
-        grads = chain_grads(self.inner, grad_p)
-        step_outer = self.gamma * self.lr
-        if step_outer:
-            self.left.sub_(step_outer * (r_right @ p.T))
-            self.right.sub_(step_outer * rt_a)
-        for w, g in zip(self.inner, grads):
-            w.sub_(self.lr * g)
-        return float(loss)
+        grads = chain_grads(self.inner, self.left.T @ r_right)
+        directions = {f"inner{i + 1}": g for i, g in enumerate(grads)}
+        if self.gamma:  # the outer bases move at gamma times the step
+            directions.update(left=self.gamma * (r_right @ p.T), right=self.gamma * rt_a)
+        return float(loss), directions
+
+    def spectrum(self) -> torch.Tensor:
+        """Singular values of ``Wt_L ... Wt_1`` (2r_hat x 2r_hat): the end-to-end map's, up
+        to the outer bases' departure from orthonormality."""
+        return torch.linalg.svdvals(chain(self.inner).double())
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.left @ chain(self.inner)
@@ -161,4 +208,5 @@ class CompressedSolver(GradientDescent):
     def parameters(self) -> dict[str, torch.Tensor]:
         params = {"left": self.left, "right": self.right}
         params.update({f"inner{i + 1}": w for i, w in enumerate(self.inner)})
+        params.update(self._offset_parameters())
         return params

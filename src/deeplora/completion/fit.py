@@ -1,11 +1,21 @@
 """``complete``: fit a deep factorization to observed entries and return a
 :class:`~deeplora.completion.model.CompletionModel` that predicts by ID.
 
-Centering (``center``) removes what a low-rank model should not spend its rank on:
-``"none"`` fits the values as they are (the paper's setting), ``"mean"`` subtracts the global
-mean, ``"biases"`` subtracts the global mean plus regularised row and column offsets
-(:class:`~deeplora.completion.baselines.MeanBaseline`). The deep factorization then completes
-the residual, and the model adds the offsets back.
+At its defaults it needs nothing but the table: a validation part is carved from ``train``
+for early stopping, the init scale, step and r_hat follow from the data
+(:mod:`deeplora.completion.solver`, :func:`~deeplora.completion.compressed.default_rank`), and
+row and column offsets are learned with the factorization.
+
+Centering (``center``) decides what the low-rank model should not spend its rank on:
+
+- ``"joint"`` (default): offsets ``mu + b_i + c_j`` learned jointly with the factorization
+  (:mod:`deeplora.completion.offsets`). Ratings keep the benefit of user and item offsets, and
+  an exactly low-rank table is fitted at its own rank.
+- ``"none"``: the values as they are (the paper's setting);
+- ``"mean"``: subtract the global mean first;
+- ``"biases"``: subtract the mean and regularised row and column offsets fitted first
+  (:class:`~deeplora.completion.baselines.MeanBaseline`). The residual of a rank-r table has
+  rank up to r + 2, which a rank-r slice cannot fit and which needs more samples.
 """
 
 from __future__ import annotations
@@ -20,18 +30,23 @@ from .baselines import MeanBaseline
 from .compressed import CompressedConfig, CompressedSolver
 from .data import LowRankMatrix, Observations
 from .model import CompletionModel
+from .objectives import Completion
 from .solver import GradientDescent
 from .wide import WideConfig, WideSolver
 
-Center = Literal["none", "mean", "biases"]
+Center = Literal["joint", "none", "mean", "biases"]
+CENTERS = ("joint", "none", "mean", "biases")
+#: Fraction of ``train`` held out for early stopping when no validation part is given.
+DEFAULT_VAL_FRACTION = 0.1
 
 
 def complete(
     train: Observations,
-    config: CompressedConfig | WideConfig,
+    config: CompressedConfig | WideConfig | None = None,
     *,
     validation: Observations | None = None,
-    center: Center = "none",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    center: Center = "joint",
     clip: tuple[float, float] | None = None,
     truth: LowRankMatrix | np.ndarray | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -40,54 +55,52 @@ def complete(
 ) -> CompletionModel:
     """Complete the matrix behind ``train`` by a deep factorization.
 
-    ``config`` picks the solver: :class:`CompressedConfig` (the fast one, default choice) or
-    :class:`WideConfig` (the full-width reference). With ``validation`` the history records
-    validation RMSE and ``config.patience`` stops early on it, keeping the best factors.
+    ``config`` picks the solver: :class:`CompressedConfig` (the fast one, default) or
+    :class:`WideConfig` (the full-width reference). Validation RMSE is recorded on
+    ``validation``, or, without one, on a ``val_fraction`` of ``train`` held out by
+    ``config.seed`` (``val_fraction=0``: none, and no early stopping); ``config.patience``
+    stops early on it and keeps the best factors.
 
     Inside a torch.distributed process group (``torchrun``), every rank calls this with the
     same data; each trains on its share of the entries (:mod:`deeplora.distributed.completion`)
     and all return the same model. Only rank 0 writes the checkpoint.
     """
-    if validation is not None and (validation.shape != train.shape
-                                   or validation.row_ids != train.row_ids
-                                   or validation.col_ids != train.col_ids):
-        raise ValueError("validation entries must come from the same table as the training "
-                         "entries (use Observations.split)")
-    if center not in ("none", "mean", "biases"):
-        raise ValueError(f"center must be 'none', 'mean' or 'biases', got {center!r}")
+    config = config if config is not None else CompressedConfig()
+    if not isinstance(config, CompressedConfig | WideConfig):
+        raise TypeError(f"config must be CompressedConfig or WideConfig, got {type(config)}")
+    if center not in CENTERS:
+        raise ValueError(f"center must be one of {', '.join(map(repr, CENTERS))}, got "
+                         f"{center!r}")
     if clip is not None and not clip[0] < clip[1]:
         raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
+    if validation is None and val_fraction:
+        train, validation = train.split(val_fraction, seed=config.seed)
+    elif validation is not None and (validation.shape != train.shape
+                                     or validation.row_ids != train.row_ids
+                                     or validation.col_ids != train.col_ids):
+        raise ValueError("validation entries must come from the same table as the training "
+                         "entries (use Observations.split)")
     offset, row_bias, col_bias = 0.0, None, None
     if center == "mean":
         offset = float(train.values.mean())
     elif center == "biases":
         base = MeanBaseline(biases=True).fit(train)
         offset, row_bias, col_bias = base.mean, base.row_bias, base.col_bias
-    residual = _centered(train, offset, row_bias, col_bias)
-    val_residual = None if validation is None else _centered(validation, offset, row_bias,
-                                                             col_bias)
-    solver: GradientDescent
-    from ..distributed import runtime
-
-    if runtime.active():  # launched with torchrun: every rank trains on its share of Omega
-        from ..distributed.completion import DistributedCompressedSolver, shard
-
-        if not isinstance(config, CompressedConfig):
-            raise ValueError("only the compressed solver runs on several processes; use "
-                             "CompressedConfig (--solver compressed) or launch one process")
-        share = shard(residual, runtime.rank(), runtime.world_size())
-        solver = DistributedCompressedSolver(share, config, truth=truth,
-                                             validation=val_residual)
-    elif isinstance(config, CompressedConfig):
-        solver = CompressedSolver(residual, config, truth=truth, validation=val_residual)
-    elif isinstance(config, WideConfig):
-        solver = WideSolver(residual, config, truth=truth, validation=val_residual)
-    else:
-        raise TypeError(f"config must be CompressedConfig or WideConfig, got {type(config)}")
+    residual = centered(train, offset, row_bias, col_bias)
+    val_residual = None if validation is None else centered(validation, offset, row_bias,
+                                                            col_bias)
+    solver = _solver(residual, config, joint=center == "joint", truth=truth,
+                     validation=val_residual)
     result = solver.run(checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         resume=resume)
+    if result.offsets is not None:
+        offset, row_bias, col_bias = result.offsets
     info = {"solver": type(solver).__name__, "config": asdict(config), "center": center,
-            "lr": result.lr, "steps": result.steps, "stopped": result.stopped}
+            "init_scale": solver.init_scale, "lr": result.lr, "steps": result.steps,
+            "stopped": result.stopped, "validation_entries": 0 if validation is None
+            else len(validation)}
+    if isinstance(solver, CompressedSolver):
+        info.update(rank=solver.rank, basis=solver.config.resolved_basis)
     return CompletionModel(
         left=result.left, right=result.right, row_ids=train.row_ids, col_ids=train.col_ids,
         offset=offset, row_bias=row_bias, col_bias=col_bias, clip=clip,
@@ -95,8 +108,31 @@ def complete(
     )
 
 
-def _centered(obs: Observations, offset: float, row_bias: np.ndarray | None,
-              col_bias: np.ndarray | None) -> Observations:
+def _solver(train: Observations, config: CompressedConfig | WideConfig, *, joint: bool,
+            truth: LowRankMatrix | np.ndarray | None,
+            validation: Observations | None) -> GradientDescent:
+    """The solver for ``config``: on this process's share of the entries when launched with
+    torchrun, else on all of them."""
+    from ..distributed import runtime
+
+    if runtime.active():  # launched with torchrun: every rank trains on its share of Omega
+        from ..distributed.completion import DistributedCompressedSolver, ShardedCompletion, shard
+
+        if not isinstance(config, CompressedConfig):
+            raise ValueError("only the compressed solver runs on several processes; use "
+                             "CompressedConfig (--solver compressed) or launch one process")
+        share = shard(train, runtime.rank(), runtime.world_size())
+        problem = ShardedCompletion(share, config.torch_dtype, offsets=joint)
+        return DistributedCompressedSolver(problem, config, truth=truth, validation=validation)
+    objective = Completion(train, config.torch_dtype, offsets=joint)
+    if isinstance(config, CompressedConfig):
+        return CompressedSolver(objective, config, truth=truth, validation=validation)
+    return WideSolver(objective, config, truth=truth, validation=validation)
+
+
+def centered(obs: Observations, offset: float, row_bias: np.ndarray | None,
+             col_bias: np.ndarray | None) -> Observations:
+    """``obs`` minus ``offset + row_bias[i] + col_bias[j]``."""
     values = obs.values - offset
     if row_bias is not None:
         values = values - row_bias[obs.rows]

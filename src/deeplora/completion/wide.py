@@ -66,14 +66,17 @@ class WideSolver(GradientDescent):
         config = config or WideConfig()
         super().__init__(problem, config, truth=truth, validation=validation)
         width = config.width or max(self.shape)
-        self.weights = wide_init(self.shape, width, config.depth, config.init_scale,
+        self.weights = wide_init(self.shape, width, config.depth, self.init_scale,
                                  config.init, config.seed, config.torch_dtype)
 
-    def step(self) -> float:
+    def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
         loss, grad_f = self.objective.dense(chain(self.weights))
-        for w, g in zip(self.weights, chain_grads(self.weights, grad_f)):
-            w.sub_(self.lr * g)
-        return float(loss)
+        grads = chain_grads(self.weights, grad_f)
+        return float(loss), {f"W{i + 1}": g for i, g in enumerate(grads)}
+
+    def spectrum(self) -> torch.Tensor:
+        """Singular values of the end-to-end map."""
+        return torch.linalg.svdvals(self.end_to_end().double())
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return chain(self.weights[1:]), self.weights[0].T
@@ -82,4 +85,6 @@ class WideSolver(GradientDescent):
         return chain(self.weights)
 
     def parameters(self) -> dict[str, torch.Tensor]:
-        return {f"W{i + 1}": w for i, w in enumerate(self.weights)}
+        params = {f"W{i + 1}": w for i, w in enumerate(self.weights)}
+        params.update(self._offset_parameters())
+        return params

@@ -35,6 +35,7 @@ from scipy.sparse.linalg import LinearOperator
 from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import LowRankMatrix, Observations
 from ..completion.objectives import Completion
+from ..completion.offsets import DEFAULT_OFFSET_REG
 from . import runtime
 
 
@@ -58,13 +59,20 @@ class ShardedCompletion(Completion):
     """:class:`Completion` on this rank's share of Omega, with every sum over Omega reduced
     across the ranks (see the module docstring)."""
 
-    def __init__(self, share: Observations, dtype: torch.dtype = torch.float64) -> None:
-        super().__init__(share, dtype)
-        counts = torch.tensor([float(len(share)), float(share.values @ share.values)],
-                              dtype=torch.float64)
-        runtime.all_reduce(counts, "counting the observed entries")
-        self.total, self._norm = int(counts[0]), math.sqrt(float(counts[1]))
+    def __init__(self, share: Observations, dtype: torch.dtype = torch.float64, *,
+                 offsets: bool = False, offset_reg: float = DEFAULT_OFFSET_REG) -> None:
         self.bytes_reduced = 0  # payload this rank has all-reduced (for the benchmark)
+        super().__init__(share, dtype, offsets=offsets, offset_reg=offset_reg)
+        target = self._target().double()
+        counts = torch.stack([torch.tensor(float(len(share)), dtype=torch.float64),
+                              target @ target])
+        self._reduce(counts)
+        self.total, self._norm = int(counts[0]), math.sqrt(float(counts[1]))
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        runtime.all_reduce(x, "a sum over the entries")
+        self.bytes_reduced += x.numel() * x.element_size()
+        return x
 
     def __len__(self) -> int:
         return self.total
@@ -102,7 +110,14 @@ class ShardedCompletion(Completion):
             return _reduced(local_t @ np.asarray(y, dtype=np.float64).reshape(-1),
                             "a Lanczos product")
 
-        return LinearOperator(local.shape, matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+        def matmat(x: np.ndarray) -> np.ndarray:  # one all-reduce per block product
+            return _reduced(np.asarray(local @ x), "a block product")
+
+        def rmatmat(y: np.ndarray) -> np.ndarray:
+            return _reduced(np.asarray(local_t @ y), "a block product")
+
+        return LinearOperator(local.shape, matvec=matvec, rmatvec=rmatvec, matmat=matmat,
+                              rmatmat=rmatmat, dtype=np.float64)
 
     def init_gradient(self, scale: float) -> LinearOperator:
         return self._operator(super().init_gradient(scale))
@@ -112,21 +127,8 @@ class ShardedCompletion(Completion):
         both = _reduced(np.concatenate([rows, cols]), "the row and column energies")
         return both[: rows.shape[0]], both[rows.shape[0] :]
 
-    def transpose(self) -> ShardedCompletion:
-        return ShardedCompletion(self.obs.transpose(), self.dtype)
-
-    def to(self, dtype: torch.dtype) -> ShardedCompletion:
-        return self if dtype == self.dtype else ShardedCompletion(self.obs, dtype)
-
-    def _top_direction(self) -> tuple[float, float]:
-        if self._top is None:
-            from ..subspace import top_singular
-
-            u, s, v = top_singular(self._operator(self.obs.to_scipy()), 1)
-            q_local = np.sum(u[self.obs.rows, 0] ** 2 * v[self.obs.cols, 0] ** 2)
-            q = float(_reduced(np.array([q_local]), "the sampling-rate sum")[0])
-            self._top = (q, float(s[0]))
-        return self._top
+    def _top_matrix(self, target: np.ndarray) -> LinearOperator:
+        return self._operator(super()._top_matrix(target))
 
 
 class DistributedCompressedSolver(CompressedSolver):
