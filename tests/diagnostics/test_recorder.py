@@ -211,7 +211,7 @@ def test_predicted_bases_are_orthonormal_and_chained():
     from deeplora.subspace import chain_grads
 
     grad = chain_grads(solver.weights, grad_f)[0]
-    bases = predicted_bases(solver.weights, grad, 2, solver.config.init_scale)
+    bases = predicted_bases(solver.weights, grad, 2, solver.init_scale)
     eye = torch.eye(4, dtype=torch.float64)
     for (u, _), (_, v_next) in itertools.pairwise(bases):
         assert torch.allclose(v_next, u)

@@ -652,7 +652,7 @@ class SubspaceRecorder:
             weights = [w.detach().to(torch.float64) for w in solver.weights]
             _, grad_f = solver.objective.to(torch.float64).dense(chain(weights))
             grad_first = chain_grads(weights, grad_f)[0]
-            bases = predicted_bases(weights, grad_first, r_hat, solver.config.init_scale)
+            bases = predicted_bases(weights, grad_first, r_hat, solver.init_scale)
             slices = {f"W{i + 1}": (w.clone(), u, v)
                       for i, (w, (u, v)) in enumerate(zip(weights, bases))}
             slices["end_to_end"] = (chain(weights), bases[-1][0], bases[0][1])

@@ -85,7 +85,7 @@ def run(ctx: Context) -> dict[str, Any]:
         for width in size.widths:
             runs = []
             for s, (target, obs) in enumerate(problems):
-                config = WideConfig(depth=depth, width=width, init="orthogonal",
+                config = WideConfig.paper(depth=depth, width=width, init="orthogonal",
                                     init_scale=size.eps, lr=None, max_steps=size.max_steps,
                                     tol=TOL, eval_every=size.eval_every, dtype="float64",
                                     seed=ctx.seed + s + SOLVER_OFFSET,

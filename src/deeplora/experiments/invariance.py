@@ -91,7 +91,7 @@ def run(ctx: Context) -> dict[str, Any]:
     target = random_low_rank(d, d, r, seed=ctx.seed)
     phi = target.to_dense()
     lr = auto_lr(Factorization(phi), DEPTH)
-    config = WideConfig(depth=DEPTH, init_scale=EPS, lr=lr, init="orthogonal",
+    config = WideConfig.paper(depth=DEPTH, init_scale=EPS, lr=lr, init="orthogonal",
                         max_steps=size.max_steps, target_error=TARGET_ERROR,
                         eval_every=size.eval_every, dtype="float64",
                         seed=ctx.seed + SOLVER_OFFSET, progress=ctx.progress)  # fmt: skip

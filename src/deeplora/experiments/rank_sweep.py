@@ -95,11 +95,11 @@ def run(ctx: Context) -> dict[str, Any]:
         if 2 * r_hat >= d:
             raise ValueError(f"r_hat {r_hat} is too large for d = {d} (2 r_hat must be < d)")
         _, comp = timed_run(partial(CompressedSolver, obs,
-                                    CompressedConfig(rank=r_hat, **common),  # type: ignore[arg-type]
+                                    CompressedConfig.paper(rank=r_hat, **common),
                                     truth=target))
         _, narrow = timed_run(partial(WideSolver, obs,
-                                      WideConfig(width=2 * r_hat, init="orthogonal",
-                                                 **common),  # type: ignore[arg-type]
+                                      WideConfig.paper(width=2 * r_hat, init="orthogonal",
+                                                 **common),
                                       truth=target))
         steps_c, steps_n = comp["steps_to_1e-03"], narrow["steps_to_1e-03"]
         rows.append({"rank_hat": r_hat, "width": 2 * r_hat, "compressed": comp,

@@ -114,8 +114,8 @@ def compare(problem: Any, truth: LowRankMatrix | np.ndarray, rank: int, lr: floa
             snapshots[solver.t] = (a.clone(), v.clone())
 
     comp_solver, comp = timed_run(
-        lambda: CompressedSolver(problem, CompressedConfig(rank=rank, init="orthogonal",
-                                                           **common),  # type: ignore[arg-type]
+        lambda: CompressedSolver(problem, CompressedConfig.paper(rank=rank, init="orthogonal",
+                                                           **common),
                                  truth=truth), callback=keep, errors=(1e-3, size.target_error))
     assert isinstance(comp_solver, CompressedSolver)
     comp["gamma"] = comp_solver.gamma
@@ -131,8 +131,8 @@ def compare(problem: Any, truth: LowRankMatrix | np.ndarray, rank: int, lr: floa
             gap_steps.append(int(solver.t))
             gap.append(float(torch.linalg.matrix_norm(diff)) / norm)
 
-    _, wide = timed_run(lambda: WideSolver(problem, WideConfig(init="orthogonal",
-                                                               **common),  # type: ignore[arg-type]
+    _, wide = timed_run(lambda: WideSolver(problem, WideConfig.paper(init="orthogonal",
+                                                               **common),
                                            truth=truth),
                         callback=check, errors=(1e-3, size.target_error))  # fmt: skip
     out: dict[str, Any] = {
@@ -148,7 +148,7 @@ def compare(problem: Any, truth: LowRankMatrix | np.ndarray, rank: int, lr: floa
         budget = max(wide["steps"], comp["steps"])
         zero_common = {**common, "max_steps": budget}
         _, zero = timed_run(
-            lambda: CompressedSolver(problem, CompressedConfig(rank=rank, init="orthogonal",
+            lambda: CompressedSolver(problem, CompressedConfig.paper(rank=rank, init="orthogonal",
                                                                gamma=0.0, **zero_common),
                                      truth=truth), errors=(1e-3, size.target_error))
         zero["gamma"] = 0.0
