@@ -10,9 +10,10 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add every benchmark as a subcommand of ``deeplora bench``."""
-    from . import adapters, completion, distributed, fewshot
+    from . import adapters, completion, datasets, distributed, fewshot
 
     completion.add_parser(sub)
+    datasets.add_parser(sub)
     adapters.add_parser(sub)
     fewshot.add_parser(sub)
     distributed.add_parser(sub)

