@@ -137,3 +137,29 @@ def test_effective_rank_criteria():
     assert effective_rank(np.zeros(3), energy=0.9) == 0
     with pytest.raises(ValueError, match="exactly one"):
         effective_rank(s)
+
+
+@pytest.mark.parametrize("as_operator", [False, True])
+def test_randomized_subspace_iteration_finds_the_top_subspace(monkeypatch, as_operator):
+    """Large sparse inputs take the randomized path: the same singular values and subspaces
+    as a full SVD, for a matrix and for an operator known only by its products."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import aslinearoperator
+
+    from deeplora import subspace
+
+    rng = np.random.default_rng(0)
+    dense = (rng.standard_normal((600, 3)) * [30.0, 20.0, 10.0]) @ rng.standard_normal((3, 500))
+    dense[rng.random(dense.shape) < 0.5] = 0.0
+    matrix = sp.csr_matrix(dense)
+    monkeypatch.setattr(subspace, "RANDOMIZED_MIN", 0)
+    monkeypatch.setattr(subspace, "RANDOMIZED_ITERS", 40)
+    calls = []
+    randomized = subspace._randomized
+    monkeypatch.setattr(subspace, "_randomized", lambda *a: calls.append(a) or randomized(*a))
+    u, s, v = top_singular(aslinearoperator(matrix) if as_operator else matrix, 3, seed=1)
+    ue, se, vte = np.linalg.svd(dense, full_matrices=False)
+    np.testing.assert_allclose(s, se[:3], rtol=1e-8)
+    np.testing.assert_allclose(np.abs(u.T @ ue[:, :3]), np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(np.abs(v.T @ vte[:3].T), np.eye(3), atol=1e-6)
+    assert len(calls) == 1

@@ -16,7 +16,7 @@ problem, ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T`` for fixed orthonormal ``U_l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -123,7 +123,7 @@ def top_singular(
     small = min(m, n) <= max(64, 3 * k) or m * n <= 250_000
     if not small and min(m, n) >= RANDOMIZED_MIN and (
             sp.issparse(matrix) or isinstance(matrix, LinearOperator)):
-        return _randomized(aslinearoperator(matrix), k, seed)
+        return _randomized(matrix, k, seed)
     if isinstance(matrix, LinearOperator):
         if small:
             matrix = np.asarray(matrix.matmat(np.eye(n)))
@@ -143,16 +143,42 @@ def top_singular(
     return u[:, order], s[order], vt[order].T
 
 
-def _randomized(op: LinearOperator, k: int, seed: int) -> tuple[np.ndarray, np.ndarray,
-                                                                 np.ndarray]:
-    """Randomized subspace iteration (block power method with re-orthonormalization)."""
-    width = min(k + RANDOMIZED_OVERSAMPLE, *op.shape)
-    start = np.random.default_rng(seed).standard_normal((op.shape[1], width))
-    q = np.linalg.qr(op.matmat(start))[0]
+def _randomized(matrix: sp.spmatrix | sp.sparray | LinearOperator, k: int, seed: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Randomized subspace iteration (block power method with re-orthonormalization). A
+    scipy.sparse matrix is multiplied as a torch CSR tensor (multithreaded)."""
+    matmat, rmatmat = _block_products(matrix)
+    m, n = matrix.shape
+    width = min(k + RANDOMIZED_OVERSAMPLE, m, n)
+    gen = torch.Generator().manual_seed(seed)
+    q = _orth(matmat(torch.randn(n, width, generator=gen, dtype=torch.float64)))
     for _ in range(RANDOMIZED_ITERS):
-        q = np.linalg.qr(op.matmat(np.linalg.qr(op.rmatmat(q))[0]))[0]
-    ub, s, vt = np.linalg.svd(op.rmatmat(q).T, full_matrices=False)  # q^T A = ub s vt
-    return q @ ub[:, :k], s[:k], vt[:k].T
+        q = _orth(matmat(_orth(rmatmat(q))))
+    ub, s, vt = np.linalg.svd(rmatmat(q).T.numpy(), full_matrices=False)  # q^T A = ub s vt
+    return q.numpy() @ ub[:, :k], s[:k], vt[:k].T
+
+
+def _orth(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(x)[0]
+
+
+def _block_products(matrix: sp.spmatrix | sp.sparray | LinearOperator) -> tuple[
+        Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """``(x -> A x, y -> A^T y)`` on float64 tensors of several columns."""
+    if not sp.issparse(matrix):
+        op = aslinearoperator(matrix)
+        return (lambda x: torch.from_numpy(np.asarray(op.matmat(x.numpy()), np.float64)),
+                lambda y: torch.from_numpy(np.asarray(op.rmatmat(y.numpy()), np.float64)))
+
+    def csr(a: sp.csr_matrix) -> torch.Tensor:
+        index = np.int32 if a.nnz < 2**31 else np.int64
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(a.indptr.astype(index)), torch.from_numpy(a.indices.astype(index)),
+            torch.from_numpy(a.data.astype(np.float64)), size=a.shape, check_invariants=False)
+
+    a = sp.csr_matrix(matrix)
+    forward, backward = csr(a), csr(a.T.tocsr())
+    return (lambda x: forward @ x), (lambda y: backward @ y)
 
 
 def normalized_top_singular(
