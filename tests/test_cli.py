@@ -167,6 +167,16 @@ def test_the_output_folder_is_never_overwritten_by_surprise(table, tmp_path, cap
     file_out.write_text("x")
     assert main(["complete", str(table), "--no-progress", "--out", str(file_out)]) == 2
     assert "is a file" in capsys.readouterr().err
+    under_file = file_out / "run"  # cannot be created: refused before the fit, nothing made
+    assert main(["complete", str(table), "--no-progress", "--out", str(under_file)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and f"{file_out} is not a writable folder" in err
+    fresh = tmp_path / "new" / "deeper"
+    bad_pairs = tmp_path / "bad_pairs.csv"
+    bad_pairs.write_text("u0,nobody\n")
+    assert main(["complete", str(table), "--no-progress", "--out", str(fresh), "--predict",
+                 str(bad_pairs)]) == 2
+    assert not (tmp_path / "new").exists()  # a refused run leaves no folder behind
 
 
 def test_version(capsys):

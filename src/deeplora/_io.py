@@ -120,9 +120,10 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
     """Refuse an output folder that would lose something, before any work.
 
     ``outputs`` are the names a run writes there (``finished`` marks a completed run,
-    ``checkpoint`` an interrupted one). Refused: a path that is a file or cannot be written;
-    a folder holding other files, or a previous run, unless ``overwrite``; an interrupted run
-    unless ``resume`` (to continue it) or ``overwrite``.
+    ``checkpoint`` an interrupted one; without either, files of those names are the user's).
+    Refused: a path that is a file or cannot be written; a folder holding other files, or a
+    previous run, unless ``overwrite``; an interrupted run unless ``resume`` (to continue it)
+    or ``overwrite``.
     """
     from .errors import UserError
 
@@ -133,12 +134,15 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) \
         if out.is_dir() else []
-    foreign = [name for name in present if name not in outputs]
+    # a command's file names count as its own only beside the mark of one of its runs
+    ran = finished in present or checkpoint in present
+    foreign = [name for name in present if name not in outputs or not ran]
     if foreign and not overwrite:
         raise UserError(
             f"--out {out} holds files this command did not write ({', '.join(foreign[:3])}"
             f"{', ...' if len(foreign) > 3 else ''}); choose another --out, or pass --overwrite "
-            "to write beside them"
+            + ("to replace those named like its outputs and write beside the others"
+               if set(foreign) & set(outputs) else "to write beside them")
         )
     if finished in present and not (overwrite or resume):
         raise UserError(f"--out {out} holds a finished run ({finished}); pass --overwrite to "
@@ -146,13 +150,19 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
     if checkpoint in present and not (overwrite or resume):
         raise UserError(f"--out {out} holds an interrupted run ({checkpoint}/); pass --resume "
                         "to continue it or --overwrite to start again")
+    # writable? (nothing is created: a run refused later leaves no empty folder behind)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        if not existing.is_dir():
+            raise NotADirectoryError(0, "not a folder")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise UserError(f"--out {out} cannot be written ({e.strerror}); choose another "
-                        "--out") from None
+        where = "" if existing == out else f": {existing} is not a writable folder"
+        raise UserError(f"--out {out} cannot be written ({e.strerror}{where}); choose "
+                        "another --out") from None
 
 
 def remove_outputs(out: str | os.PathLike[str], names: tuple[str, ...]) -> None:

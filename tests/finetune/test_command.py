@@ -39,10 +39,30 @@ def test_classification_run(models: dict[str, Path], files: dict[str, Path], tmp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_examples"] == 16 and metrics["steps"] == 4
     assert main(argv) == 2  # a finished run is not overwritten by accident
-    assert "already holds a finished run" in capsys.readouterr().err
+    assert "holds a finished run" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "--method", "lora"]) == 0
     assert json.loads((out / "metrics.json").read_text())["method"] == "lora"
     assert not (out / "peft").exists()
+
+
+@pytest.mark.parametrize("mine", [["notes.txt"], ["config.json", "predictions.csv"]])
+def test_a_folder_of_the_users_files_is_not_overwritten(
+        models: dict[str, Path], files: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], mine: list[str]) -> None:  # fmt: skip
+    """The output folder rule of both commands: files this command did not write (even under
+    the names it writes, without a run of its own beside them) are refused before any work
+    unless --overwrite."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in mine:
+        (out / name).write_text("my notes")
+    argv = ["finetune", str(files["train"]), "--eval", str(files["eval"]), "--model",
+            str(models["bert"]), "--out", str(out), *FAST]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"holds files this command did not write ({', '.join(mine)})" in err
+    assert err.count("\n") == 1 and sorted(p.name for p in out.iterdir()) == mine
+    assert all((out / name).read_text() == "my notes" for name in mine)
 
 
 def test_causal_lm_run_prints_generations(models: dict[str, Path], files: dict[str, Path],

@@ -44,6 +44,7 @@ from torch import nn
 from .. import _io
 from ..adapters import count_parameters
 from ..distributed import runtime
+from ..errors import UserError
 from .config import FinetuneConfig
 from .data import Examples, TableSource, prepare_examples
 from .methods import Adapted, attach
@@ -166,24 +167,15 @@ def constant_baseline(task: TextTask, train: Examples, evaluation: Examples) -> 
 
 # --------------------------------------------------------------------------- output folder
 def _check_out(out: Path | None, resume: bool, overwrite: bool) -> None:
+    """The output folder rule shared with ``deeplora complete`` (:func:`_io.check_output_folder`):
+    a folder holding files this command did not write, a finished or an interrupted run is
+    refused unless ``overwrite`` (or ``resume``, for an interrupted run)."""
     if out is None:
         if resume:
-            raise ValueError("resume needs the output folder that holds the checkpoint")
+            raise UserError("resume needs the output folder that holds the checkpoint")
         return
-    if resume and overwrite:
-        raise ValueError("resume continues a run and overwrite starts it again: choose one")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file; choose another --out")
-    if (out / "metrics.json").exists() and not overwrite:
-        raise ValueError(
-            f"{out} already holds a finished run (metrics.json); pass --overwrite or choose "
-            "another --out"
-        )
-    if (out / CHECKPOINT).exists() and not (resume or overwrite):
-        raise ValueError(
-            f"{out} holds an interrupted run ({CHECKPOINT}/); pass --resume to continue it or "
-            "--overwrite to start again"
-        )
+    _io.check_output_folder(out, (*OUTPUTS, CHECKPOINT), finished="metrics.json",
+                            checkpoint=CHECKPOINT, resume=resume, overwrite=overwrite)
 
 
 def _publish(out: Path, write: Callable[[Path], None]) -> None:
