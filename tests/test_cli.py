@@ -98,33 +98,54 @@ def test_numeric_looking_ids_stay_distinct_strings(tmp_path):
     assert pred["prediction"][0] != pred["prediction"][1]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["complete"], "give an INPUT file or --demo"),
-        (["complete", "{table}", "--rank", "0"], "rank must be >= 1"),
-        (["complete", "{table}", "--depth", "1"], "depth must be >= 2"),
-        (["complete", "{table}", "--init-scale", "-1"], "init_scale must be > 0"),
-        (["complete", "{table}", "--lr", "0"], "lr must be > 0"),
-        (["complete", "{table}", "--momentum", "1"], "momentum must be in [0, 1)"),
-        (["complete", "{table}", "--width", "5"], "--width applies to"),
-        (["complete", "{table}", "--solver", "wide", "--basis", "normalized"],
-         "--basis applies to --solver compressed only"),
-        (["complete", "{table}", "--rank", "40"], "must be < min(m, n)"),
-        (["complete", "{missing}"], "does not exist"),
-        (["complete", "{table}", "--predict", "{missing}"], "does not exist"),
-        (["complete", "{table}", "--top-k", "0"], "--top-k must be >= 1"),
-        (["complete", "{table}", "--test-fraction", "0.5", "--val-fraction", "0.5"],
-         "leave nothing to train on"),
-        (["complete", "{table}", "--clip", "5", "1"], "LOW < HIGH"),
-    ],
-)
+# Each bad input, and the words its one error line holds (docs/RELIABILITY.md lists them).
+BAD_COMPLETE = [
+    (["complete"], "give an INPUT file or --demo"),
+    (["complete", "{table}", "--rank", "0"], "rank must be >= 1"),
+    (["complete", "{table}", "--depth", "1"], "depth must be >= 2"),
+    (["complete", "{table}", "--init-scale", "-1"], "init_scale must be > 0"),
+    (["complete", "{table}", "--lr", "0"], "lr must be > 0"),
+    (["complete", "{table}", "--momentum", "1"], "momentum must be in [0, 1)"),
+    (["complete", "{table}", "--width", "5"], "--width applies to"),
+    (["complete", "{table}", "--solver", "wide", "--basis", "normalized"],
+     "--basis applies to --solver compressed only"),
+    (["complete", "{table}", "--rank", "40"], "must be < min(m, n)"),
+    (["complete", "{missing}"], "does not exist"),
+    (["complete", "{table}", "--predict", "{missing}"], "does not exist"),
+    (["complete", "{table}", "--top-k", "0"], "--top-k must be >= 1"),
+    (["complete", "{table}", "--test-fraction", "0.5", "--val-fraction", "0.5"],
+     "leave nothing to train on"),
+    (["complete", "{table}", "--clip", "5", "1"], "LOW < HIGH"),
+    (["complete", "{empty}"], "is empty: expected lines of"),
+    (["complete", "{latin}"], "latin.csv line 2: not UTF-8 text; save the file as UTF-8"),
+    (["complete", "{twice}"], "twice.csv line 2: duplicate entry"),
+    (["complete", "{words}"], "words.csv line 3: the value 'many' is not a number"),
+    (["complete", "{folder}"], "is not a file"),
+    (["complete", "{table}", "--predict", "{unknown}"],
+     "unknown.csv line 2: unknown column ID 'nobody'"),
+    (["complete", "{table}", "--out", "{table}"], "is a file, not a folder; choose another --out"),
+    (["complete", "{table}", "--out", "{table}/run"], "cannot be written"),
+    (["complete", "{table}", "--resume"], "holds no checkpoint: there is nothing to resume"),
+    (["complete", "{table}", "--resume", "--overwrite"], "choose one"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_COMPLETE)
 def test_bad_input_exits_2_with_one_line(args, message, table, tmp_path, capsys):
-    argv = [a.format(table=table, missing=tmp_path / "nope.csv") for a in args]
-    argv += ["--out", str(tmp_path / "o"), "--max-steps", "5", "--no-progress"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    files = {"table": table, "missing": tmp_path / "nope.csv", "folder": tmp_path}
+    for name, text in (("empty", b""), ("latin", "a,b,1\n\xe9t\xe9,b,2\n".encode("latin-1")),
+                       ("twice", b"a,b,1\na,b,2\n"), ("words", b"a,b,1\n\nc,d,many\n"),
+                       ("unknown", b"u0,i1\nu0,nobody\n")):
+        files[name] = tmp_path / f"{name}.csv"
+        files[name].write_bytes(text)
+    argv = [a.format(**files) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "o")]
+    assert main([*argv, "--max-steps", "5", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert "steps" not in captured.out and not (tmp_path / "o").exists()  # before any work
 
 
 def test_unknown_ids_in_pairs_are_refused_before_the_fit(table, tmp_path, capsys):
@@ -177,6 +198,44 @@ def test_the_output_folder_is_never_overwritten_by_surprise(table, tmp_path, cap
     assert main(["complete", str(table), "--no-progress", "--out", str(fresh), "--predict",
                  str(bad_pairs)]) == 2
     assert not (tmp_path / "new").exists()  # a refused run leaves no folder behind
+
+
+def test_resume_continues_only_the_same_run(table, tmp_path, capsys):
+    """A killed run resumes; another split, centering or input is refused before any step, and
+    so is a resume with nothing to continue."""
+    out = tmp_path / "out"
+    argv = ["complete", str(table), "--no-progress", "--out", str(out), "--eval-every", "10"]
+    assert main([*argv, "--resume"]) == 2
+    assert "holds no checkpoint: there is nothing to resume" in capsys.readouterr().err
+    assert main([*argv, "--max-steps", "20"]) == 0
+    capsys.readouterr()
+    for other, why in ((["--val-fraction", "0.2"], "for other data"),
+                       (["--center", "mean"], "for other data"),
+                       (["--seed", "1"], "by CompressedSolver with other settings (seed)")):
+        assert main([*argv, "--max-steps", "40", "--resume", *other]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"was written {why}" in err[0], other
+    shifted = tmp_path / "shifted.csv"  # the same shape and IDs, other values
+    frame = pd.read_csv(table)
+    frame.assign(rating=frame["rating"] + 1).to_csv(shifted, index=False)
+    assert main(["complete", str(shifted), *argv[2:], "--max-steps", "40", "--resume"]) == 2
+    assert "was written for other data" in capsys.readouterr().err
+    assert main([*argv, "--max-steps", "40", "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["fit"]["steps"] == 40
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only user mistakes (UserError) become an `error:` line; any other exception, even a
+    ValueError or KeyError, propagates with its traceback."""
+    import deeplora.cli_complete
+
+    for bug in (ValueError("a bug"), KeyError("a bug")):
+        def broken(args, bug=bug):
+            raise bug
+
+        monkeypatch.setattr(deeplora.cli_complete, "run", broken)
+        with pytest.raises(type(bug), match="a bug"):
+            main(["complete", "--demo"])
 
 
 def test_version(capsys):

@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import MissingFileError, UserError
+
 FORMAT_VERSION = 1
 
 
@@ -69,6 +71,17 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def first_non_utf8_line(path: str | os.PathLike[str]) -> int:
+    """The number of the first line of ``path`` that is not UTF-8 text (1 if none is)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     with atomic_open(path) as f:
         json.dump(data, f, indent=2)
@@ -78,13 +91,13 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
 def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist; check the path or save it first")
+        raise MissingFileError(f"{what}: {path} does not exist; check the path or save it first")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what}: {path} is not valid JSON ({e}); the file is corrupt") from e
+        raise UserError(f"{what}: {path} is not valid JSON ({e}); the file is corrupt") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{what}: {path} should hold a JSON object; the file is corrupt")
+        raise UserError(f"{what}: {path} should hold a JSON object; the file is corrupt")
     return data
 
 
@@ -96,20 +109,20 @@ def write_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor]
 def read_tensors(path: str | os.PathLike[str], what: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist; check the path or save it first")
+        raise MissingFileError(f"{what}: {path} does not exist; check the path or save it first")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{what}: {path} is not a readable safetensors file ({e})") from e
+        raise UserError(f"{what}: {path} is not a readable safetensors file ({e})") from e
 
 
 def check_version(meta: dict[str, Any], what: str, kind: str) -> None:
     """Refuse files of another kind or a newer format than this library reads."""
     if meta.get("kind") != kind:
-        raise ValueError(f"{what}: expected a '{kind}' file, found kind={meta.get('kind')!r}")
+        raise UserError(f"{what}: expected a '{kind}' file, found kind={meta.get('kind')!r}")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
+        raise UserError(
             f"{what}: format_version {version!r} is not supported (this deeplora reads up to "
             f"{FORMAT_VERSION}); upgrade deeplora"
         )
@@ -123,7 +136,7 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
     ``checkpoint`` an interrupted one; without either, files of those names are the user's).
     Refused: a path that is a file or cannot be written; a folder holding other files, or a
     previous run, unless ``overwrite``; an interrupted run unless ``resume`` (to continue it)
-    or ``overwrite``.
+    or ``overwrite``; ``resume`` where there is no checkpoint to continue.
     """
     from .errors import UserError
 
@@ -144,6 +157,10 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
             + ("to replace those named like its outputs and write beside the others"
                if set(foreign) & set(outputs) else "to write beside them")
         )
+    if resume and checkpoint not in present:
+        state = "a finished run and no checkpoint" if finished in present else "no checkpoint"
+        raise UserError(f"--out {out} holds {state}: there is nothing to resume; drop --resume "
+                        "to start a run" + (" (with --overwrite)" if present else ""))
     if finished in present and not (overwrite or resume):
         raise UserError(f"--out {out} holds a finished run ({finished}); pass --overwrite to "
                         "replace it or choose another --out")

@@ -123,7 +123,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", type=Path,
                    help=f"output folder (default runs/finetune; demo {FINETUNE_DEMO_OUT})")
     g.add_argument("--resume", action="store_true", help="continue a killed run in --out")
-    g.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run in --out (or write beside other files)")
     g.add_argument("--export-peft", action="store_true",
                    help="also write the Deep LoRA adapter as a PEFT LoRA adapter (OUT/peft)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -293,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (UserError, ValueError, KeyError, FileNotFoundError, DivergenceError,
-            PeerError) as e:
+    except (UserError, DivergenceError, PeerError) as e:  # anything else is a bug: traceback
         message = e.args[0] if e.args else str(e)
         print(f"error: {message}", file=sys.stderr)
         if isinstance(e, PeerError):

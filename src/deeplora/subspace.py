@@ -24,6 +24,8 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator, svds
 
+from .errors import UserError
+
 Init = Literal["orthogonal", "identity"]
 
 
@@ -44,7 +46,7 @@ def eps_orthogonal(
     if init == "identity":
         return eps * torch.eye(rows, cols, dtype=dtype)
     if init != "orthogonal":
-        raise ValueError(f"init must be 'orthogonal' or 'identity', got {init!r}")
+        raise UserError(f"init must be 'orthogonal' or 'identity', got {init!r}")
     big, small = max(rows, cols), min(rows, cols)
     g = torch.randn(big, small, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
@@ -119,7 +121,7 @@ def top_singular(
         matrix = matrix.detach().cpu().numpy()
     m, n = matrix.shape
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise UserError(f"k must be >= 1, got {k}")
     small = min(m, n) <= max(64, 3 * k) or m * n <= 250_000
     if not small and min(m, n) >= RANDOMIZED_MIN and (
             sp.issparse(matrix) or isinstance(matrix, LinearOperator)):
@@ -206,7 +208,7 @@ def normalized_top_singular(
     a = np.asarray(row_energy, dtype=np.float64)
     b = np.asarray(col_energy, dtype=np.float64)
     if a.shape != (matrix.shape[0],) or b.shape != (matrix.shape[1],):
-        raise ValueError(f"energies of shapes {a.shape} and {b.shape} do not fit a "
+        raise UserError(f"energies of shapes {a.shape} and {b.shape} do not fit a "
                          f"{matrix.shape[0]} x {matrix.shape[1]} matrix")  # fmt: skip
     dr = 1.0 / np.sqrt(a + max(a.mean(), np.finfo(np.float64).tiny))
     dc = 1.0 / np.sqrt(b + max(b.mean(), np.finfo(np.float64).tiny))
@@ -274,7 +276,7 @@ def compress_identity(
     """
     m, n = shape
     if m > n:
-        raise ValueError(f"compress_identity needs m <= n (got {m} x {n}); transpose the problem")
+        raise UserError(f"compress_identity needs m <= n (got {m} x {n}); transpose the problem")
     padded = torch.zeros(n, u_e.shape[1], dtype=u_e.dtype)
     padded[:m] = u_e
     columns = [v_e, padded]
@@ -311,14 +313,14 @@ def effective_rank(
     s = np.sort(np.abs(np.asarray(singular_values, dtype=np.float64)))[::-1]
     given = [x is not None for x in (atol, rtol, energy)]
     if sum(given) != 1:
-        raise ValueError("give exactly one of atol, rtol or energy")
+        raise UserError("give exactly one of atol, rtol or energy")
     if atol is not None:
         return int((s > atol).sum())
     if rtol is not None:
         return 0 if s.size == 0 or s[0] == 0 else int((s > rtol * s[0]).sum())
     assert energy is not None
     if not 0 < energy <= 1:
-        raise ValueError(f"energy must be in (0, 1], got {energy}")
+        raise UserError(f"energy must be in (0, 1], got {energy}")
     total = float((s**2).sum())
     if total == 0:
         return 0

@@ -61,6 +61,12 @@ def test_duplicate_ids_are_named():
         Observations.from_ids(["alice", "alice"], ["film", "film"], [1, 2])
 
 
+def test_a_spreadsheet_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("a,x,1\nb,y,2\n".encode("utf-8-sig"))
+    assert Observations.from_csv(path).row_ids == ["a", "b"]
+
+
 def test_csv_errors(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("")

@@ -97,36 +97,49 @@ def test_resume_on_the_command_line(models: dict[str, Path], files: dict[str, Pa
     assert a["eval"] == b["eval"] and a["history"] == b["history"]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["{train}", "--text-column", "review"],
-         "training data: no column 'review' (the text_column); the columns are: 'text', "
-         "'other', 'label', 'score'"),
-        (["{empty}"], "is empty"),
-        (["{header}"], "has no rows"),
-        (["{train}", "--eval", "{unseen}"], "label(s) 'mixed' never occur in the training data"),
-        (["{train}", "--n", "100"], "n=100 is more than the 19 training example(s) available "
-                                    "after holding out 5"),
-        (["{train}", "--eval", "{eval}", "--n", "25"], "n=25 is more than the 24"),
-        (["{train}", "--model", "{not_model}"], "is not a model folder: it has no config.json"),
-        (["{train}", "--model", "{broken}"], "is not a model: its config cannot be read"),
-        (["{train}", "--model", "{train}"], "is not a model: give a Hugging Face model folder"),
-        (["{train}", "--model", "{missing}"], "does not exist"),
-        (["{missing}"], "training data: {missing} does not exist"),
-        (["{train}", "--task", "regression"], "must hold numbers for regression"),
-        (["{train}", "--lr", "0"], "lr must be > 0"),
-        (["{train}", "--method", "lora", "--export-peft"], "already saves a PEFT adapter"),
-        (["{train}", "--demo"], "give a TRAIN file or --demo (not both)"),
-        ([], "give a TRAIN file or --demo (not both)"),
-        (["--demo", "--task", "regression"], "--demo is a classification of its own data"),
-        (["{train}", "--target-modules", "nothing_here"], "matches no module"),
-    ],
-)  # fmt: skip
+# Each bad input, and the words its one error line holds (docs/RELIABILITY.md lists them).
+BAD_FINETUNE = [
+    (["{train}", "--text-column", "review"],
+     "training data: no column 'review' (the text_column); the columns are: 'text', "
+     "'other', 'label', 'score'"),
+    (["{empty}"], "is empty"),
+    (["{header}"], "has no rows"),
+    (["{train}", "--eval", "{unseen}"], "label(s) 'mixed' never occur in the training data"),
+    (["{train}", "--n", "100"], "n=100 is more than the 19 training example(s) available "
+                                "after holding out 5"),
+    (["{train}", "--eval", "{eval}", "--n", "25"], "n=25 is more than the 24"),
+    (["{train}", "--model", "{not_model}"], "is not a model folder: it has no config.json"),
+    (["{train}", "--model", "{broken}"], "is not a model: its config cannot be read"),
+    (["{train}", "--model", "{train}"], "is not a model: give a Hugging Face model folder"),
+    (["{train}", "--model", "{missing}"], "does not exist"),
+    (["{missing}"], "training data: {missing} does not exist"),
+    (["{train}", "--task", "regression"], "must hold numbers for regression"),
+    (["{train}", "--lr", "0"], "lr must be > 0"),
+    (["{train}", "--method", "lora", "--export-peft"], "already saves a PEFT adapter"),
+    (["{train}", "--demo"], "give a TRAIN file or --demo (not both)"),
+    ([], "give a TRAIN file or --demo (not both)"),
+    (["--demo", "--task", "regression"], "--demo is a classification of its own data"),
+    (["{train}", "--target-modules", "nothing_here"], "matches no module"),
+    (["{train}", "--method", "lora", "--depth", "4"], "depth=4 has no effect with "
+                                                      "method='lora'"),
+    (["{train}", "--lora-alpha", "16"], "lora_alpha=16.0 has no effect with "
+                                        "method='deep-lora'"),
+    (["{train}", "--gamma", "0.1"], "gamma=0.1 has no effect with method='deep-lora', "
+                                    "init='orthogonal'"),
+    (["{train}", "--method", "full", "--rank", "4"], "rank=4 has no effect"),
+    (["{train}", "--resume"], "holds no checkpoint: there is nothing to resume"),
+    (["{latin}"], "latin.csv line 2: not UTF-8 text; save the file as UTF-8"),
+    (["{train}", "--eval", "{folder}"], "is not a file; give a .csv, .tsv or .jsonl file"),
+    (["{train}", "--out", "{train}"], "is a file, not a folder; choose another --out"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_FINETUNE)
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
     args: list[str], message: str, models: dict[str, Path], files: dict[str, Path],
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
+    (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9,great\n".encode("latin-1"))
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("text,label\n")
     unseen = reviews(6, seed=2)
@@ -139,12 +152,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     names = {"train": files["train"], "eval": files["eval"], "empty": tmp_path / "empty.csv",
              "header": tmp_path / "header.csv", "unseen": tmp_path / "unseen.csv",
              "not_model": tmp_path / "not_model", "broken": tmp_path / "broken",
-             "missing": tmp_path / "missing.csv"}  # fmt: skip
+             "missing": tmp_path / "missing.csv", "latin": tmp_path / "latin.csv",
+             "folder": tmp_path / "not_model"}  # fmt: skip
     argv = [a.format(**names) for a in args]
     if "--model" not in argv:
         argv += ["--model", str(models["bert"])]
     out = tmp_path / "out"
-    assert main(["finetune", *argv, "--out", str(out), *FAST]) == 2
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    assert main(["finetune", *argv, *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert message.format(**names) in err[0]

@@ -42,6 +42,23 @@ def test_csv_keeps_text_that_looks_missing(tmp_path: Path) -> None:
     assert examples_from_table(read_table(path), FinetuneConfig()).text == ["NA", "null"]
 
 
+def test_a_spreadsheet_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\ngood,a\nbad,b\n".encode("utf-8-sig"))
+    assert list(read_table(path).columns) == ["text", "label"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_text_that_is_not_utf8_names_its_line(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"d{suffix}"
+    rows = (["text,label", "good,a", "caf\xe9,b"] if suffix == ".csv"
+            else ['{"text": "good", "label": "a"}', '{"text": "caf\xe9", "label": "b"}'])
+    path.write_bytes("\n".join(rows).encode("latin-1"))
+    with pytest.raises(ValueError, match=f"line {len(rows)}: not UTF-8 text; save the file as "
+                                         "UTF-8"):
+        read_table(path)
+
+
 def test_numeric_classes_sort_as_numbers(tmp_path: Path) -> None:
     frame = pd.DataFrame({"text": list("abcd"), "label": [10, 2, 1, 2]})
     examples = examples_from_table(frame, FinetuneConfig())

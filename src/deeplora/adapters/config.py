@@ -29,6 +29,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from ..errors import UserError
+
 InitKind = Literal["orthogonal", "compressed", "wide"]
 FactorInit = Literal["orthogonal", "identity"]
 
@@ -68,12 +70,12 @@ def _check_patterns(value: Any, what: str, allow_none: bool) -> str | list[str] 
         return None
     if isinstance(value, str):
         if not value:
-            raise ValueError(f"{what} is an empty string; give names, a regex or a preset")
+            raise UserError(f"{what} is an empty string; give names, a regex or a preset")
         if value not in PRESETS and value != ALL_LINEAR:
             try:
                 re.compile(value)
             except re.error as e:
-                raise ValueError(
+                raise UserError(
                     f"{what}={value!r} is neither a preset ({', '.join(PRESETS)}, "
                     f"{ALL_LINEAR!r}) nor a valid regular expression ({e}); fix the pattern "
                     "or pass a list of module names"
@@ -83,12 +85,12 @@ def _check_patterns(value: Any, what: str, allow_none: bool) -> str | list[str] 
         names = sorted(value) if isinstance(value, set | frozenset) else list(value)
         bad = [n for n in names if not isinstance(n, str) or not n]
         if bad:
-            raise ValueError(f"{what} must hold non-empty module names, got {bad!r}")
+            raise UserError(f"{what} must hold non-empty module names, got {bad!r}")
         if not names and not allow_none:
-            raise ValueError(f"{what} is empty; give at least one module name or a preset")
+            raise UserError(f"{what} is empty; give at least one module name or a preset")
         return names
     expected = "a string (preset or regex), a list of names"
-    raise ValueError(
+    raise UserError(
         f"{what} must be {expected}{' or None' if allow_none else ''}, got {type(value).__name__}"
     )
 
@@ -120,39 +122,39 @@ class DeepLoraConfig:
         for name in ("rank", "depth", "min_dense_dim", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise UserError(f"{name} must be an integer, got {value!r}")
         if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}; the paper uses 8")
+            raise UserError(f"rank must be >= 1, got {self.rank}; the paper uses 8")
         if self.depth < 2:
-            raise ValueError(
+            raise UserError(
                 f"depth must be >= 2 (the number of factors of dW), got {self.depth}; "
                 "the paper uses 3"
             )
         if self.min_dense_dim < 1:
-            raise ValueError(f"min_dense_dim must be >= 1, got {self.min_dense_dim}")
+            raise UserError(f"min_dense_dim must be >= 1, got {self.min_dense_dim}")
         if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+            raise UserError(f"init must be one of {INITS}, got {self.init!r}")
         if self.factor_init not in FACTOR_INITS:
-            raise ValueError(f"factor_init must be one of {FACTOR_INITS}, got {self.factor_init!r}")
+            raise UserError(f"factor_init must be one of {FACTOR_INITS}, got {self.factor_init!r}")
         if self.init == "compressed" and self.rank % 2:
-            raise ValueError(
+            raise UserError(
                 f"init='compressed' builds a basis of 2 * r_hat columns, so rank must be even "
                 f"(got {self.rank}); use rank={self.rank - 1 or 2} or {self.rank + 1}"
             )
         for name, low_open in (("init_scale", True), ("gamma", False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+                raise UserError(f"{name} must be a number, got {value!r}")
             if not math.isfinite(value) or value < 0 or (low_open and value == 0):
                 bound = "> 0" if low_open else ">= 0"
-                raise ValueError(
+                raise UserError(
                     f"{name} must be finite and {bound}, got {value}; the paper uses "
                     f"{'1e-3' if name == 'init_scale' else '1e-2'}"
                 )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise UserError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         targets = _check_patterns(self.target_modules, "target_modules", allow_none=False)
         assert targets is not None
         self.target_modules = targets
@@ -160,7 +162,7 @@ class DeepLoraConfig:
             self.exclude_modules, "exclude_modules", allow_none=True
         )
         if isinstance(self.modules_to_train, str):
-            raise ValueError(
+            raise UserError(
                 f"modules_to_train must be a list of module names, got the string "
                 f"{self.modules_to_train!r}; write [{self.modules_to_train!r}]"
             )
@@ -180,7 +182,7 @@ class DeepLoraConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"unknown DeepLoraConfig fields {unknown}; expected some of {sorted(known)} "
                 "(a file from a newer deeplora? upgrade it)"
             )

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..subspace import compress_identity, orth
 from .config import DeepLoraConfig
 from .layer import DeepLoraBranch, DeepLoraLayer, adapters_disabled, factor_dtype
@@ -99,7 +100,7 @@ class _LayerCapture:
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
-            raise ValueError(
+            raise UserError(
                 f"compressed init: {self.path!r} ran with gradients disabled; loss_fn must not "
                 "run the model under torch.no_grad() or inference_mode()"
             )
@@ -148,7 +149,7 @@ def compressed_branch(grad: torch.Tensor, config: DeepLoraConfig) -> DeepLoraBra
     d_out, d_in = grad.shape
     k, r_hat = config.rank, config.r_hat
     if k > min(d_out, d_in):
-        raise ValueError(f"rank {k} is larger than the layer's dimensions {d_out} x {d_in}")
+        raise UserError(f"rank {k} is larger than the layer's dimensions {d_out} x {d_in}")
     dtype = grad.dtype
     if d_out <= d_in:
         u, v = top_singular_vectors(grad, r_hat, seed=config.seed)
@@ -185,13 +186,13 @@ def compressed_branches(
         with adapters_disabled(model), torch.enable_grad():
             loss = loss_fn(model)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError(
+                raise UserError(
                     "loss_fn must return the loss as a tensor with one element, got "
                     f"{type(loss).__name__}"
                     + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
                 )
             if not loss.requires_grad:
-                raise ValueError(
+                raise UserError(
                     "the loss returned by loss_fn does not depend on any target layer's output; "
                     "run the model inside loss_fn (loss_fn(model) -> loss) without torch.no_grad"
                 )
@@ -207,7 +208,7 @@ def compressed_branches(
         if capture.branch is None:
             missing.append(path)
     if missing:
-        raise ValueError(
+        raise UserError(
             f"compressed init: no gradient reached {len(missing)} target layer(s), e.g. "
             f"{missing[0]!r}; loss_fn must run the model on a batch whose loss depends on "
             "every target layer (or exclude those layers)"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import _io
+from ..errors import UserError
 from .config import DeepLoraConfig
 from .layer import DeepLoraBranch, DeepLoraLayer, TrainedModule, factor_dtype, is_adaptable
 from .layer import weight_shape as _weight_shape
@@ -55,7 +56,7 @@ def _adapter_config(model: nn.Module, adapter_name: str) -> Any:
     """The config of adapter ``adapter_name``; an unknown name lists the ones that exist."""
     configs = adapter_configs(model)
     if adapter_name not in configs:
-        raise ValueError(
+        raise UserError(
             f"no adapter named {adapter_name!r} on this model; it has "
             f"{sorted(configs) or 'none'}"
         )
@@ -119,7 +120,7 @@ def load_adapter(
     directory = Path(directory)
     _check_adapter_name(adapter_name)
     if adapter_name in adapter_configs(model):
-        raise ValueError(
+        raise UserError(
             f"the model already has an adapter named {adapter_name!r}; load under another "
             "adapter_name or delete_adapter() it first"
         )
@@ -139,13 +140,13 @@ def load_adapter(
         try:
             module = model.get_submodule(path)
         except AttributeError:
-            raise ValueError(
+            raise UserError(
                 f"{what}: layer {path!r} does not exist in this {type(model).__name__}; the "
                 "adapter was saved for another architecture"
             ) from None
         base = module.base_layer if isinstance(module, DeepLoraLayer) else module
         if not is_adaptable(base):
-            raise ValueError(
+            raise UserError(
                 f"{what}: layer {path!r} is a {type(base).__name__} in this model, not an "
                 "nn.Linear/Conv1D; the adapter was saved for another architecture"
             )
@@ -159,7 +160,7 @@ def load_adapter(
         weight = base.weight
         assert isinstance(weight, torch.Tensor)
         if saved != have:
-            raise ValueError(
+            raise UserError(
                 f"{what}: layer {path!r} has weight shape (d_out, d_in) = {saved} in the "
                 f"adapter but {have} in this model; load it onto the model it was trained on"
             )
@@ -186,7 +187,7 @@ def load_adapter(
         try:
             module = model.get_submodule(path)
         except AttributeError:
-            raise ValueError(
+            raise UserError(
                 f"{what}: trained module {path!r} does not exist in this {type(model).__name__}"
             ) from None
         original = module.original if isinstance(module, TrainedModule) else module
@@ -197,9 +198,9 @@ def load_adapter(
             if full not in tensors:
                 raise _corrupt(what, f"tensor {full!r} is missing")
             if key not in own:
-                raise ValueError(f"{what}: trained module {path!r} has no entry {key!r} here")
+                raise UserError(f"{what}: trained module {path!r} has no entry {key!r} here")
             if tensors[full].shape != own[key].shape:
-                raise ValueError(
+                raise UserError(
                     f"{what}: trained module {path!r}.{key} has shape "
                     f"{tuple(tensors[full].shape)} in the adapter but {tuple(own[key].shape)} "
                     "in this model (another number of labels?)"

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..subspace import Init, chain, eps_orthogonal
 
 Capture = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,10 +106,10 @@ class DeepLoraBranch(nn.Module):
     ) -> None:
         super().__init__()
         if not factors:
-            raise ValueError("a branch needs at least one factor")
+            raise UserError("a branch needs at least one factor")
         for prev, nxt in itertools.pairwise(factors):
             if prev.shape[0] != nxt.shape[1]:
-                raise ValueError(
+                raise UserError(
                     f"factor shapes do not chain: {tuple(prev.shape)} then {tuple(nxt.shape)}"
                 )
         self.factors = nn.ParameterList(
@@ -116,7 +117,7 @@ class DeepLoraBranch(nn.Module):
         )
         self.outer: tuple[bool, ...] = tuple(outer) if outer else (False,) * len(factors)
         if len(self.outer) != len(factors):
-            raise ValueError("outer must have one flag per factor")
+            raise UserError("outer must have one flag per factor")
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @classmethod
@@ -189,7 +190,7 @@ class DeepLoraLayer(nn.Module):
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         if not is_adaptable(base_layer):
-            raise ValueError(
+            raise UserError(
                 f"Deep LoRA wraps nn.Linear or transformers' Conv1D, got "
                 f"{type(base_layer).__name__}"
             )
@@ -235,10 +236,10 @@ class DeepLoraLayer(nn.Module):
 
     def add_adapter(self, name: str, branch: DeepLoraBranch) -> None:
         if name in self.adapters:
-            raise ValueError(f"this layer already has an adapter named {name!r}")
+            raise UserError(f"this layer already has an adapter named {name!r}")
         first, last = branch.shapes[0], branch.shapes[-1]
         if first[1] != self.d_in or last[0] != self.d_out:
-            raise ValueError(
+            raise UserError(
                 f"adapter {name!r} maps {first[1]} -> {last[0]} features but the layer maps "
                 f"{self.d_in} -> {self.d_out}"
             )

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .config import ALL_LINEAR, PRESETS, DeepLoraConfig
 from .init import compressed_branches
 from .layer import (
@@ -89,7 +90,7 @@ def _check_names(model: nn.Module, names: Sequence[str]) -> None:
     known = adapter_configs(model)
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"no adapter named {unknown[0]!r} on this model; it has {sorted(known) or 'none'}"
         )
 
@@ -173,14 +174,14 @@ def find_targets(model: nn.Module, config: DeepLoraConfig) -> list[str]:
         for name in targets:
             hits = [(p, m) for p, m in modules if _name_matches(p, name)]
             if not hits:
-                raise ValueError(
+                raise UserError(
                     f"target_modules entry {name!r} matches no module of this "
                     f"{type(model).__name__}; its linear modules are: {_describe_linear(modules)}"
                 )
             bad = [(p, m) for p, m in hits if not _adaptable(m)]
             if bad:
                 p, m = bad[0]
-                raise ValueError(
+                raise UserError(
                     f"target_modules entry {name!r} matches {p} ({type(m).__name__}), which "
                     "Deep LoRA cannot adapt (only nn.Linear and Conv1D); name the linear "
                     f"layers instead: {_describe_linear(modules)}"
@@ -188,7 +189,7 @@ def find_targets(model: nn.Module, config: DeepLoraConfig) -> list[str]:
             chosen += [p for p, _ in hits]
         both = [p for p in chosen if in_trained(p)]
         if both:
-            raise ValueError(
+            raise UserError(
                 f"{both[0]} is both a target and in modules_to_train; a module is either "
                 "adapted or trained fully: remove it from one of the two"
             )
@@ -218,7 +219,7 @@ def find_targets(model: nn.Module, config: DeepLoraConfig) -> list[str]:
             if targets == "all-dense"
             else ""
         )
-        raise ValueError(
+        raise UserError(
             f"target_modules={targets!r}{extra} (exclude_modules={config.exclude_modules!r}) "
             f"matched no nn.Linear/Conv1D module of this {type(model).__name__}; its linear "
             f"modules are: {_describe_linear(modules)}. Pass names from this list or a regex"
@@ -233,7 +234,7 @@ def _resolve_trained(model: nn.Module, names: Sequence[str]) -> list[str]:
         hits = [p for p, _ in modules if _name_matches(p, name)]
         if not hits:
             children = ", ".join(n for n, _ in model.named_children())
-            raise ValueError(
+            raise UserError(
                 f"modules_to_train entry {name!r} matches no module of this "
                 f"{type(model).__name__}; its top-level modules are: {children}"
             )
@@ -247,7 +248,7 @@ def _resolve_trained(model: nn.Module, names: Sequence[str]) -> list[str]:
 
 def _check_adapter_name(name: str) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-        raise ValueError(
+        raise UserError(
             f"adapter_name must be a non-empty string of letters, digits, '_' or '-', got {name!r}"
         )
 
@@ -257,7 +258,7 @@ def _check_rank(config: DeepLoraConfig, path: str, shape: tuple[int, int]) -> No
         return
     d_out, d_in = shape
     if config.rank > min(d_out, d_in):
-        raise ValueError(
+        raise UserError(
             f"rank {config.rank} is larger than layer {path!r}, a {d_in} -> {d_out} map: the "
             f"rank must be <= min(d_in, d_out) = {min(d_out, d_in)}; lower the rank or add "
             "the layer to exclude_modules"
@@ -364,20 +365,20 @@ def wrap(
     """
     config = DeepLoraConfig() if config is None else config
     if not isinstance(config, DeepLoraConfig):
-        raise ValueError(f"config must be a DeepLoraConfig, got {type(config).__name__}")
+        raise UserError(f"config must be a DeepLoraConfig, got {type(config).__name__}")
     _check_adapter_name(adapter_name)
     if adapter_name in adapter_configs(model):
-        raise ValueError(
+        raise UserError(
             f"the model already has an adapter named {adapter_name!r}; pick another "
             "adapter_name or delete_adapter() it first"
         )
     if config.init == "compressed" and loss_fn is None:
-        raise ValueError(
+        raise UserError(
             "init='compressed' needs loss_fn: a function that takes the model and returns the "
             "loss on one training batch (its gradient sets the adapter's subspace)"
         )
     if config.init != "compressed" and loss_fn is not None:
-        raise ValueError(f"loss_fn is only used by init='compressed', not init={config.init!r}")
+        raise UserError(f"loss_fn is only used by init='compressed', not init={config.init!r}")
     targets = find_targets(model, config)
     for path in targets:
         _check_rank(config, path, _shape(model.get_submodule(path)))
@@ -465,7 +466,7 @@ def parameter_groups(
     compressed adapters at ``gamma * lr`` (PAPER.md 3.1 step 6; ``gamma`` from each adapter's
     config). Pass the result to any ``torch.optim`` optimizer."""
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise UserError(f"lr must be > 0, got {lr}")
     configs = adapter_configs(model)
     outer: dict[float, list[nn.Parameter]] = {}
     outer_ids: set[int] = set()
@@ -483,7 +484,7 @@ def parameter_groups(
     for gamma, params in outer.items():
         groups.append({"params": params, "lr": gamma * lr, "weight_decay": weight_decay})
     if not groups:
-        raise ValueError("the model has no trainable parameter; wrap() it or set_adapter() first")
+        raise UserError("the model has no trainable parameter; wrap() it or set_adapter() first")
     return groups
 
 
@@ -503,7 +504,7 @@ def merge(model: nn.Module, adapter_names: Sequence[str] | None = None) -> None:
     layers = adapter_layers(model)
     for path, layer in layers.items():
         if uses.get(id(layer.weight), 0) > 1 and any(n in layer.adapters for n in names):
-            raise ValueError(
+            raise UserError(
                 f"the weight of {path!r} is shared with another module (tied embeddings?); "
                 "merging would change both: keep the adapter unmerged or untie the weights"
             )

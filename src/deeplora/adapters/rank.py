@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..subspace import effective_rank
 from .layer import DeepLoraBranch, DeepLoraLayer
 from .model import adapter_branches, adapter_configs
@@ -34,14 +35,14 @@ def choose_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> int:
     """Rank kept from singular values ``s``: ``min(rank, len(s))``, or the least rank holding
     ``energy`` of ``sum s_i^2`` (at least 1), or ``len(s)`` when both are ``None``."""
     if rank is not None and energy is not None:
-        raise ValueError("give rank or energy, not both")
+        raise UserError("give rank or energy, not both")
     if rank is not None:
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+            raise UserError(f"rank must be an integer >= 1, got {rank!r}")
         return min(rank, len(s))
     if energy is not None:
         if not 0 < energy <= 1:
-            raise ValueError(f"energy must be in (0, 1], got {energy}; e.g. 0.99")
+            raise UserError(f"energy must be in (0, 1], got {energy}; e.g. 0.99")
         return max(1, effective_rank(s, energy=energy))
     return len(s)
 
@@ -92,12 +93,12 @@ def truncate(
     applies); build a new optimizer before training further. Returns the error per layer.
     """
     if rank is None and energy is None:
-        raise ValueError("give rank (an integer) or energy (a share in (0, 1]) to truncate to")
+        raise UserError("give rank (an integer) or energy (a share in (0, 1]) to truncate to")
     plans: list[tuple[str, DeepLoraLayer, DeepLoraBranch, torch.Tensor, torch.Tensor, torch.Tensor]]
     plans = []
     for path, layer, branch in adapter_branches(model, adapter_name):
         if adapter_name in layer.merged:
-            raise ValueError(
+            raise UserError(
                 f"adapter {adapter_name!r} is merged into {path!r}; unmerge() before truncating"
             )
         u, s, v = branch.svd()

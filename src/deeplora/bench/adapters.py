@@ -86,6 +86,7 @@ from ..adapters import (
     wrap,
 )
 from ..adapters.config import InitKind
+from ..errors import UserError
 from ..finetune.data import load_reviews
 from ..finetune.models import minilm_folder, quiet_transformers, smollm_gguf
 from ..finetune.tasks import PooledModel
@@ -235,7 +236,7 @@ def _minilm(case: Case) -> Workload:
         try:
             path = minilm_folder()
         except ValueError as e:
-            raise ValueError(f"{e}; or leave minilm out with --models smollm") from None
+            raise UserError(f"{e}; or leave minilm out with --models smollm") from None
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         encoder = transformers.AutoModel.from_pretrained(path)
         config = encoder.config
@@ -286,7 +287,7 @@ def _smollm(case: Case) -> Workload:
         try:
             folder, name = smollm_gguf()
         except ValueError as e:
-            raise ValueError(f"{e}; or leave smollm out with --models minilm") from None
+            raise UserError(f"{e}; or leave smollm out with --models minilm") from None
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
         # its dequantisation shows a tqdm bar that the transformers setting does not reach
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -688,14 +689,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     for name in ("transformers", "peft"):
         if importlib.util.find_spec(name) is None:
-            raise ValueError(f"this benchmark needs {name}: pip install 'deeplora[hf]'")
+            raise UserError(f"this benchmark needs {name}: pip install 'deeplora[hf]'")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time (also in subprocesses)
     plan = make_plan(args)
     machine = machine_info()

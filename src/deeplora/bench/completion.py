@@ -66,6 +66,7 @@ from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import random_low_rank, sample_entries
 from ..completion.solver import DivergenceError, GradientDescent, relative_error
 from ..completion.wide import WideConfig, WideSolver
+from ..errors import UserError
 from ._common import (
     PeakMemory,
     describe_machine,
@@ -684,23 +685,23 @@ def _sections(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     for name, value in (("--seeds", args.seeds), ("--max-steps", args.max_steps)):
         if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+            raise UserError(f"{name} must be >= 1, got {value}")
     if args.sizes is not None and min(args.sizes) <= 2 * RANK:
-        raise ValueError(f"--sizes must all be > {2 * RANK} (the rank is {RANK}), got "
+        raise UserError(f"--sizes must all be > {2 * RANK} (the rank is {RANK}), got "
                          f"{args.sizes}")
     if args.rank_hat is not None and min(args.rank_hat) < RANK:
-        raise ValueError(f"--rank-hat must be >= the true rank {RANK}, got {args.rank_hat}")
+        raise UserError(f"--rank-hat must be >= the true rank {RANK}, got {args.rank_hat}")
     if args.scale_size is not None and not (
             args.scale_size[0] > 2 * RANK and 1 <= args.scale_size[1] <= args.scale_size[0] ** 2):
-        raise ValueError(f"--scale-size needs M > {2 * RANK} and 1 <= OBSERVED <= M^2, got "
+        raise UserError(f"--scale-size needs M > {2 * RANK} and 1 <= OBSERVED <= M^2, got "
                          f"{args.scale_size}")
     if args.scale_init_scale is not None and args.scale_init_scale <= 0:
-        raise ValueError(f"--scale-init-scale must be > 0, got {args.scale_init_scale}")
+        raise UserError(f"--scale-init-scale must be > 0, got {args.scale_init_scale}")
     if args.scale_minutes is not None and args.scale_minutes <= 0:
-        raise ValueError(f"--scale-minutes must be > 0, got {args.scale_minutes}")
+        raise UserError(f"--scale-minutes must be > 0, got {args.scale_minutes}")
     plan = make_plan(args)
     if 2 * max(plan.rank_hats) >= plan.sample_d:
-        raise ValueError(f"--rank-hat must be below d/2 = {plan.sample_d / 2:g} (the trained "
+        raise UserError(f"--rank-hat must be below d/2 = {plan.sample_d / 2:g} (the trained "
                          f"slice is 2 r_hat wide), got {plan.rank_hats}")
     sections = _sections(args)
     machine = machine_info()

@@ -57,6 +57,7 @@ from ..completion import (
 )
 from ..completion.baselines import soft_impute_validated
 from ..completion.compressed import default_rank
+from ..errors import UserError
 from ._common import describe_machine, fmt, machine_info, table
 
 RANK = 5  # true rank of the synthetic tables
@@ -152,7 +153,7 @@ def image_table(seed: int = SEED, size: int | None = None) -> Table:
     try:
         from skimage import color, data
     except ImportError as e:
-        raise ValueError("the image table needs scikit-image: pip install 'deeplora[bench]'; "
+        raise UserError("the image table needs scikit-image: pip install 'deeplora[bench]'; "
                          "or leave it out with --skip image") from e
     full = color.rgb2gray(data.astronaut())
     image = full.reshape(full.shape[0] // 2, 2, full.shape[1] // 2, 2).mean(axis=(1, 3))

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .._io import write_json
+from ..errors import UserError
 from ._common import describe_machine, fmt, machine_info, table
 
 RANK = 5
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         settings.update(size=2000, entries=60_000, steps=4, rounds=3)
     if settings["entries"] > settings["size"] ** 2 // 2:
-        raise ValueError(f"--entries {settings['entries']} is more than half of a "
+        raise UserError(f"--entries {settings['entries']} is more than half of a "
                          f"{settings['size']} x {settings['size']} matrix; lower it")
     info = machine_info()
     print(f"machine: {describe_machine(info)}; each process uses 1 torch thread")

@@ -63,6 +63,7 @@ import pandas as pd
 import torch
 
 from .._io import atomic_open, write_json
+from ..errors import UserError
 from ..finetune import FinetuneConfig, examples_from_table, finetune, hold_out, load_reviews
 from ..finetune.config import DEFAULT_HEAD_LR
 from ._common import describe_machine, fmt, machine_info, table
@@ -107,30 +108,30 @@ class Settings:
         for name in ("ns", "ranks", "lora_lrs"):
             values = getattr(self, name)
             if not values:
-                raise ValueError(f"--{name.replace('_', '-')} needs at least one value")
+                raise UserError(f"--{name.replace('_', '-')} needs at least one value")
             if len(set(values)) != len(values):
-                raise ValueError(f"--{name.replace('_', '-')} has a repeated value: {values}")
+                raise UserError(f"--{name.replace('_', '-')} has a repeated value: {values}")
         for name, values in (("ns", self.ns), ("ranks", self.ranks)):
             if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-                raise ValueError(f"--{name} must be positive integers, got {values}")
+                raise UserError(f"--{name} must be positive integers, got {values}")
         if any(not (isinstance(v, int | float) and math.isfinite(v) and v > 0)
                for v in self.lora_lrs):  # fmt: skip
-            raise ValueError(f"--lora-lrs must be positive numbers, got {self.lora_lrs}")
+            raise UserError(f"--lora-lrs must be positive numbers, got {self.lora_lrs}")
         for name in ("seeds", "selection_seeds", "steps", "batch_size", "workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got "
                                  f"{getattr(self, name)}")  # fmt: skip
         if self.max_length < 2:
-            raise ValueError(f"--max-length must be >= 2, got {self.max_length}")
+            raise UserError(f"--max-length must be >= 2, got {self.max_length}")
         if self.val_size < 2:
-            raise ValueError(f"--val-size must be >= 2, got {self.val_size}")
+            raise UserError(f"--val-size must be >= 2, got {self.val_size}")
         if self.test_size is not None and self.test_size < 2:
-            raise ValueError(f"--test-size must be >= 2, got {self.test_size}")
+            raise UserError(f"--test-size must be >= 2, got {self.test_size}")
         if self.base_rank not in self.ranks:
-            raise ValueError(f"the base rank {self.base_rank} must be one of --ranks "
+            raise UserError(f"the base rank {self.base_rank} must be one of --ranks "
                              f"{list(self.ranks)}")  # fmt: skip
         if self.rank_n not in self.ns:
-            raise ValueError(f"the rank sweep's n = {self.rank_n} must be one of --ns "
+            raise UserError(f"the rank sweep's n = {self.rank_n} must be one of --ns "
                              f"{list(self.ns)}")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,14 +234,14 @@ def load_tables(settings: Settings) -> Tables:
     config = FinetuneConfig(text_column=TEXT, label_column=LABEL)
     examples = examples_from_table(train, config, what="training reviews")
     if settings.val_size >= len(examples):
-        raise ValueError(f"--val-size {settings.val_size} leaves no training reviews; the "
+        raise UserError(f"--val-size {settings.val_size} leaves no training reviews; the "
                          f"training data has {len(examples)}")  # fmt: skip
     rest, held = hold_out(examples, settings.val_size / len(examples), seed=DATA_SEED)
     assert rest.rows is not None and held.rows is not None
     pool = train.iloc[rest.rows].reset_index(drop=True)
     validation = train.iloc[held.rows].reset_index(drop=True)
     if max(settings.ns) > len(pool):
-        raise ValueError(f"n = {max(settings.ns)} is more than the {len(pool)} training reviews "
+        raise UserError(f"n = {max(settings.ns)} is more than the {len(pool)} training reviews "
                          "left after the validation split")  # fmt: skip
     total = len(test)
     if settings.test_size is not None and settings.test_size < total:
@@ -367,24 +368,24 @@ class RunLog:
         self.records: dict[str, dict[str, Any]] = {}
         if path is None:
             if resume:
-                raise ValueError("--resume needs the run log: give --runs PATH (or --json PATH)")
+                raise UserError("--resume needs the run log: give --runs PATH (or --json PATH)")
             return
         if resume and overwrite:
-            raise ValueError("--resume continues a benchmark and --overwrite starts it again: "
+            raise UserError("--resume continues a benchmark and --overwrite starts it again: "
                              "choose one")  # fmt: skip
         mine = {k: v for k, v in settings.to_dict().items() if k in RUN_SETTINGS}
         if path.exists() and path.stat().st_size and not (resume or overwrite):
-            raise ValueError(f"{path} holds runs of an earlier benchmark; pass --resume to "
+            raise UserError(f"{path} holds runs of an earlier benchmark; pass --resume to "
                              "continue it or --overwrite to start again")  # fmt: skip
         if resume and path.exists() and path.stat().st_size:
             lines = path.read_text(encoding="utf-8").splitlines()
             header = _parse(lines[0])
             if not header or header.get("kind") != RUNS_KIND:
-                raise ValueError(f"{path} is not a fewshot benchmark run log")
+                raise UserError(f"{path} is not a fewshot benchmark run log")
             saved = {k: v for k, v in header["settings"].items() if k in RUN_SETTINGS}
             changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             if changed:
-                raise ValueError(f"{path} was written with other settings ({', '.join(changed)});"
+                raise UserError(f"{path} was written with other settings ({', '.join(changed)});"
                                  " resume with the same ones or --overwrite")  # fmt: skip
             for line in lines[1:]:
                 record = _parse(line)
@@ -422,7 +423,7 @@ def _check_deep_defaults(path: Path, records: Iterable[dict[str, Any]]) -> None:
     for r in records:
         then = (r.get("lr_used"), r.get("init_scale"))
         if r.get("method") == "deep-lora" and then != now:
-            raise ValueError(f"{path} holds Deep LoRA runs at lr {then[0]}, eps {then[1]}, not "
+            raise UserError(f"{path} holds Deep LoRA runs at lr {then[0]}, eps {then[1]}, not "
                              f"today's defaults (lr {now[0]:g}, eps {now[1]:g}): pass "
                              "--overwrite to start again")  # fmt: skip
 
@@ -461,7 +462,7 @@ def select_lrs(records: Iterable[dict[str, Any]], settings: Settings) -> dict[st
         scores = {lr: mean_std(by_n.get(n, {}).get(lr, [])) for lr in settings.lora_lrs}
         ready = {lr: s["mean"] for lr, s in scores.items() if s["count"]}
         if len(ready) < len(settings.lora_lrs):
-            raise ValueError(f"the lr selection at n = {n} is missing runs: it has "
+            raise UserError(f"the lr selection at n = {n} is missing runs: it has "
                              f"{sorted(ready)} of {list(settings.lora_lrs)}")  # fmt: skip
         best = max(sorted(ready), key=lambda lr: (ready[lr], -lr))
         accuracy = {repr(lr): s for lr, s in scores.items()}
@@ -640,7 +641,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.quick and args.full:
-        raise ValueError("--quick and --full contradict each other: choose one")
+        raise UserError("--quick and --full contradict each other: choose one")
     base = QUICK if args.quick else Settings()
     if args.full:
         base = replace(base, **FULL)  # type: ignore[arg-type]
@@ -657,7 +658,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if "ns" in changes and base.rank_n not in changes["ns"]:
         changes["rank_n"] = min(changes["ns"])
     if "ranks" in changes and base.base_rank not in changes["ranks"]:
-        raise ValueError(f"--ranks must include the base rank {base.base_rank}")
+        raise UserError(f"--ranks must include the base rank {base.base_rank}")
     return replace(base, **changes)
 
 
@@ -665,9 +666,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     for name in ("transformers", "peft"):
         if importlib.util.find_spec(name) is None:
-            raise ValueError(f"this benchmark needs {name}: pip install 'deeplora[hf]'")
+            raise UserError(f"this benchmark needs {name}: pip install 'deeplora[hf]'")
     if args.plot is not None and args.plot.suffix.lower() != ".png":
-        raise ValueError(f"--plot names a PNG file, got {args.plot}; e.g. fewshot.png")
+        raise UserError(f"--plot names a PNG file, got {args.plot}; e.g. fewshot.png")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # also in the spawned workers
     runs_path = args.runs
     if runs_path is None and args.json is not None:

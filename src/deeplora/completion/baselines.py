@@ -42,6 +42,8 @@ from scipy.sparse.linalg import LinearOperator, svds
 from deeplora.completion.data import Observations
 from deeplora.completion.offsets import DEFAULT_OFFSET_REG, Offsets
 
+from ..errors import UserError
+
 __all__ = [
     "DEFAULT_ALS_REG",
     "DEFAULT_BIAS_REG",
@@ -91,23 +93,23 @@ def _check_clip(clip: tuple[float, float] | None) -> tuple[float, float] | None:
     try:
         lo, hi = (float(x) for x in clip)
     except (TypeError, ValueError):
-        raise ValueError(f"clip must be a pair (lo, hi) of numbers or None, got {clip!r}") from None
+        raise UserError(f"clip must be a pair (lo, hi) of numbers or None, got {clip!r}") from None
     if not lo < hi:
-        raise ValueError(f"clip=(lo, hi) needs lo < hi, got {clip!r}; e.g. clip=(0.5, 5.0)")
+        raise UserError(f"clip=(lo, hi) needs lo < hi, got {clip!r}; e.g. clip=(0.5, 5.0)")
     return (lo, hi)
 
 
 def _check_center(center: str) -> None:
     if center not in _CENTERS:
-        raise ValueError(f"center must be one of {_CENTERS}, got {center!r}")
+        raise UserError(f"center must be one of {_CENTERS}, got {center!r}")
 
 
 def _check_rank(rank: int, shape: tuple[int, int]) -> None:
     top = min(shape) - 1
     if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
-        raise ValueError(f"rank must be an integer, got {rank!r}")
+        raise UserError(f"rank must be an integer, got {rank!r}")
     if not 1 <= rank <= top:
-        raise ValueError(
+        raise UserError(
             f"rank must be in [1, min(m, n) - 1] = [1, {top}] for a {shape[0]} x {shape[1]} "
             f"matrix, got {rank}; pick a rank below the smaller dimension"
         )
@@ -115,29 +117,29 @@ def _check_rank(rank: int, shape: tuple[int, int]) -> None:
 
 def _check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_nonneg(name: str, value: float, hint: str) -> None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}; {hint}") from None
+        raise UserError(f"{name} must be a number >= 0, got {value!r}; {hint}") from None
     if not np.isfinite(number) or number < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}; {hint}")
+        raise UserError(f"{name} must be a finite number >= 0, got {value!r}; {hint}")
 
 
 def _as_index(idx: np.ndarray, size: int, what: str) -> np.ndarray:
     arr = np.asarray(idx)
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
+        raise UserError(
             f"{what} must be integer indices, got dtype {arr.dtype}; map IDs to indices "
             "with Observations.index_of"
         )
     arr = arr.astype(np.int64, copy=False)
     if arr.size and (arr.min() < 0 or arr.max() >= size):
         bad = arr[(arr < 0) | (arr >= size)][0]
-        raise ValueError(f"{what} index {bad} is out of range [0, {size}) of the fitted matrix")
+        raise UserError(f"{what} index {bad} is out of range [0, {size}) of the fitted matrix")
     return arr
 
 
@@ -147,7 +149,7 @@ def _check_pair(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> t
     r = _as_index(rows, shape[0], "row")
     c = _as_index(cols, shape[1], "column")
     if r.shape != c.shape:
-        raise ValueError(f"rows and cols must have the same shape, got {r.shape} and {c.shape}")
+        raise UserError(f"rows and cols must have the same shape, got {r.shape} and {c.shape}")
     return r, c
 
 
@@ -392,7 +394,7 @@ def soft_impute(
     """
     m, n = obs.shape
     if min(m, n) < 2:
-        raise ValueError(f"soft_impute needs at least a 2 x 2 matrix, got shape {obs.shape}")
+        raise UserError(f"soft_impute needs at least a 2 x 2 matrix, got shape {obs.shape}")
     if rank is not None:
         _check_rank(rank, obs.shape)
     if shrinkage is not None:
@@ -402,7 +404,7 @@ def soft_impute(
     _check_count("path", path)
     _check_nonneg("tol", tol, "e.g. tol=1e-4")
     if solver not in ("randomized", "arpack"):
-        raise ValueError(f"solver must be 'randomized' or 'arpack', got {solver!r}")
+        raise UserError(f"solver must be 'randomized' or 'arpack', got {solver!r}")
     clip = _check_clip(clip)
     centering = _centered(obs, center)
     values = centering.values
@@ -450,11 +452,11 @@ def soft_impute_validated(
     validation RMSE is returned (its ``shrinkage`` says which). The path stops early once the
     validation RMSE has risen for three values in a row."""
     if validation.shape != train.shape:
-        raise ValueError(f"validation entries are for shape {validation.shape}, the training "
+        raise UserError(f"validation entries are for shape {validation.shape}, the training "
                          f"entries {train.shape}; split both from the same Observations")
     _check_count("points", points)
     if not 0 < lowest < 1:
-        raise ValueError(f"lowest must be in (0, 1), got {lowest}")
+        raise UserError(f"lowest must be in (0, 1), got {lowest}")
     if rank is not None:
         _check_rank(rank, train.shape)
     clip = _check_clip(clip)
@@ -656,7 +658,7 @@ def als(
     """
     m, n = obs.shape
     if min(m, n) < 2:
-        raise ValueError(f"als needs at least a 2 x 2 matrix, got shape {obs.shape}")
+        raise UserError(f"als needs at least a 2 x 2 matrix, got shape {obs.shape}")
     _check_rank(rank, obs.shape)
     _check_nonneg("reg", reg, f"use 0 for none, e.g. the default {DEFAULT_ALS_REG}")
     _check_count("iters", iters)

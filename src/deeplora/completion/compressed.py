@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..subspace import (
     chain,
     chain_grads,
@@ -95,21 +96,21 @@ class CompressedConfig(SolverConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rank is not None and self.rank < 1:
-            raise ValueError(f"rank must be >= 1 (or None: chosen from the data), got "
+            raise UserError(f"rank must be >= 1 (or None: chosen from the data), got "
                              f"{self.rank}")
         if self.gamma is not None and self.gamma < 0:
-            raise ValueError(f"gamma must be >= 0 (or None for the default), got {self.gamma}")
+            raise UserError(f"gamma must be >= 0 (or None for the default), got {self.gamma}")
         if self.outer_step is not None and not self.outer_step > 0:
-            raise ValueError(f"outer_step must be > 0 (or None: the paper's gamma), got "
+            raise UserError(f"outer_step must be > 0 (or None: the paper's gamma), got "
                              f"{self.outer_step}")
         if self.init not in ("identity", "orthogonal"):
-            raise ValueError(f"init must be 'identity' or 'orthogonal', got {self.init!r}")
+            raise UserError(f"init must be 'identity' or 'orthogonal', got {self.init!r}")
         if self.basis not in (None, "gradient", "normalized"):
-            raise ValueError(f"basis must be 'gradient' or 'normalized', got {self.basis!r}")
+            raise UserError(f"basis must be 'gradient' or 'normalized', got {self.basis!r}")
         if self.basis == "normalized" and self.init != "identity":
-            raise ValueError("basis='normalized' applies only to init='identity'")
+            raise UserError("basis='normalized' applies only to init='identity'")
         if self.width is not None and self.init != "orthogonal":
-            raise ValueError("width applies only to init='orthogonal' (the dense construction)")
+            raise UserError("width applies only to init='orthogonal' (the dense construction)")
 
     @property
     def resolved_basis(self) -> str:
@@ -141,7 +142,7 @@ class CompressedSolver(GradientDescent):
         self.rank = config.rank if config.rank is not None else default_rank(
             self.shape, len(self.objective))
         if not self.rank < min(m, n):
-            raise ValueError(
+            raise UserError(
                 f"rank {self.rank} must be < min(m, n) = {min(m, n)} for a {m} x {n} "
                 "matrix; lower --rank"
             )

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..errors import UnknownIdError, UserError
+
 ArrayLike = Sequence[Any] | np.ndarray
 
 
@@ -45,28 +47,28 @@ class Observations:
     def __post_init__(self) -> None:
         rows, cols, values = self.rows, self.cols, self.values
         if not (len(rows) == len(cols) == len(values)):
-            raise ValueError(
+            raise UserError(
                 f"rows, cols and values must have the same length, got {len(rows)}, "
                 f"{len(cols)} and {len(values)}"
             )
         if len(values) == 0:
-            raise ValueError("no observed entries: give at least one (row, col, value)")
+            raise UserError("no observed entries: give at least one (row, col, value)")
         m, n = self.shape
         if m < 1 or n < 1:
-            raise ValueError(f"shape must be positive, got {self.shape}")
+            raise UserError(f"shape must be positive, got {self.shape}")
         if not np.issubdtype(rows.dtype, np.integer) or not np.issubdtype(cols.dtype, np.integer):
-            raise ValueError("rows and cols must be integer indices (use from_ids for IDs)")
+            raise UserError("rows and cols must be integer indices (use from_ids for IDs)")
         if not np.isfinite(values).all():
             bad = np.flatnonzero(~np.isfinite(values))
-            raise ValueError(
+            raise UserError(
                 f"{len(bad)} values are NaN or infinite (first at position {bad[0]}: "
                 f"{values[bad[0]]}); drop or fill them before fitting"
             )
         for name, idx, size in (("row", rows, m), ("column", cols, n)):
             if idx.min() < 0:
-                raise ValueError(f"negative {name} index {idx.min()}; indices start at 0")
+                raise UserError(f"negative {name} index {idx.min()}; indices start at 0")
             if idx.max() >= size:
-                raise ValueError(
+                raise UserError(
                     f"{name} index {idx.max()} is out of range for shape {self.shape}; "
                     f"pass a larger shape or fix the index"
                 )
@@ -75,7 +77,7 @@ class Observations:
         if not self.col_ids:
             object.__setattr__(self, "col_ids", list(range(n)))
         if len(self.row_ids) != m or len(self.col_ids) != n:
-            raise ValueError(
+            raise UserError(
                 f"row_ids/col_ids must have {m}/{n} entries, got "
                 f"{len(self.row_ids)}/{len(self.col_ids)}"
             )
@@ -84,7 +86,7 @@ class Observations:
         dup = np.flatnonzero(np.diff(flat[order]) == 0)
         if dup.size:
             first = order[dup + 1]
-            raise ValueError(
+            raise UserError(
                 f"{dup.size} duplicate (row, col) pairs, e.g. "
                 f"{_describe_pairs(rows[first], cols[first], self.row_ids, self.col_ids)}; "
                 "keep one value per pair (average or drop repeats)"
@@ -103,9 +105,9 @@ class Observations:
         r, c = np.asarray(rows), np.asarray(cols)
         v = np.asarray(values, dtype=np.float64)
         if r.size and not np.issubdtype(r.dtype, np.integer):
-            raise ValueError(f"rows must be integers, got dtype {r.dtype}; use from_ids for IDs")
+            raise UserError(f"rows must be integers, got dtype {r.dtype}; use from_ids for IDs")
         if c.size and not np.issubdtype(c.dtype, np.integer):
-            raise ValueError(f"cols must be integers, got dtype {c.dtype}; use from_ids for IDs")
+            raise UserError(f"cols must be integers, got dtype {c.dtype}; use from_ids for IDs")
         r, c = r.astype(np.int64).ravel(), c.astype(np.int64).ravel()
         if shape is None:
             shape = (int(r.max()) + 1 if r.size else 0, int(c.max()) + 1 if c.size else 0)
@@ -115,18 +117,18 @@ class Observations:
     def from_ids(cls, row_ids: ArrayLike, col_ids: ArrayLike, values: ArrayLike) -> Observations:
         """From row and column IDs of any hashable kind; indices follow first appearance."""
         if not (len(row_ids) == len(col_ids) == len(values)):
-            raise ValueError(
+            raise UserError(
                 f"row IDs, column IDs and values must have the same length, got "
                 f"{len(row_ids)}, {len(col_ids)} and {len(values)}"
             )
         r_codes, r_uni = pd.factorize(pd.Series(row_ids), sort=False)
         c_codes, c_uni = pd.factorize(pd.Series(col_ids), sort=False)
         if (r_codes < 0).any() or (c_codes < 0).any():
-            raise ValueError("row and column IDs must not be missing (NaN/None)")
+            raise UserError("row and column IDs must not be missing (NaN/None)")
         try:
             v = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"values must be numbers ({e})") from e
+            raise UserError(f"values must be numbers ({e})") from e
         return cls(
             r_codes.astype(np.int64),
             c_codes.astype(np.int64),
@@ -146,18 +148,18 @@ class Observations:
         names = [row, col, value]
         if any(x is None for x in names):
             if df.shape[1] < 3:
-                raise ValueError(
+                raise UserError(
                     f"need three columns (row ID, column ID, value), found {list(df.columns)}"
                 )
             names = [x if x is not None else df.columns[i] for i, x in enumerate(names)]
         missing = [x for x in names if x not in df.columns]
         if missing:
-            raise ValueError(f"columns {missing} not found; the table has {list(df.columns)}")
+            raise UserError(f"columns {missing} not found; the table has {list(df.columns)}")
         values = pd.to_numeric(df[names[2]], errors="coerce")
         bad = values.isna() & df[names[2]].notna()
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(
+            raise UserError(
                 f"column {names[2]!r} has non-numeric values, e.g. {df[names[2]].iloc[i]!r} "
                 f"in data row {i + 1}"
             )
@@ -224,10 +226,10 @@ class Observations:
     def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[Observations, Observations]:
         """A random train/validation split of the entries (same shape and IDs in both)."""
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
         n_val = round(len(self) * val_fraction)
         if n_val < 1 or n_val >= len(self):
-            raise ValueError(
+            raise UserError(
                 f"val_fraction={val_fraction} leaves {n_val} of {len(self)} entries for "
                 "validation; use more data or another fraction"
             )
@@ -252,7 +254,7 @@ def _lookup(ids: Sequence[Hashable], wanted: ArrayLike, what: str) -> np.ndarray
         pos = np.where(pos < 0, by_text, pos)
     if (pos < 0).any():
         missing = wanted_arr[pos < 0]
-        raise KeyError(
+        raise UnknownIdError(
             f"{int((pos < 0).sum())} unknown {what} ID(s), e.g. {missing[0]!r}: the model "
             f"knows only the {what}s it was fitted on"
         )
@@ -288,7 +290,7 @@ def random_low_rank(m: int, n: int, rank: int, seed: int = 0) -> LowRankMatrix:
     """The paper's synthetic target ``Phi = X Y^T / r`` with standard Gaussian ``X, Y``
     (its singular values are about ``sqrt(m n) / r``)."""
     if not 1 <= rank <= min(m, n):
-        raise ValueError(f"rank must be in [1, min(m, n)] = [1, {min(m, n)}], got {rank}")
+        raise UserError(f"rank must be in [1, min(m, n)] = [1, {min(m, n)}], got {rank}")
     rng = np.random.default_rng(seed)
     return LowRankMatrix(rng.standard_normal((m, rank)) / rank, rng.standard_normal((n, rank)))
 
@@ -304,14 +306,14 @@ def sample_entries(
     m, n = target.shape
     total = m * n
     if (fraction is None) == (count is None):
-        raise ValueError("give exactly one of fraction or count")
+        raise UserError("give exactly one of fraction or count")
     if count is None:
         assert fraction is not None
         if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+            raise UserError(f"fraction must be in (0, 1], got {fraction}")
         count = int(round(fraction * total))
     if not 1 <= count <= total:
-        raise ValueError(f"count must be in [1, {total}], got {count}")
+        raise UserError(f"count must be in [1, {total}], got {count}")
     rng = np.random.default_rng(seed)
     if count > total // 4:
         flat = np.sort(rng.choice(total, size=count, replace=False))

@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import UserError
 from .baselines import MeanBaseline
 from .compressed import CompressedConfig, CompressedSolver
 from .data import LowRankMatrix, Observations
@@ -69,16 +70,16 @@ def complete(
     if not isinstance(config, CompressedConfig | WideConfig):
         raise TypeError(f"config must be CompressedConfig or WideConfig, got {type(config)}")
     if center not in CENTERS:
-        raise ValueError(f"center must be one of {', '.join(map(repr, CENTERS))}, got "
+        raise UserError(f"center must be one of {', '.join(map(repr, CENTERS))}, got "
                          f"{center!r}")
     if clip is not None and not clip[0] < clip[1]:
-        raise ValueError(f"clip must be (low, high) with low < high, got {clip}")
+        raise UserError(f"clip must be (low, high) with low < high, got {clip}")
     if validation is None and val_fraction:
         train, validation = train.split(val_fraction, seed=config.seed)
     elif validation is not None and (validation.shape != train.shape
                                      or validation.row_ids != train.row_ids
                                      or validation.col_ids != train.col_ids):
-        raise ValueError("validation entries must come from the same table as the training "
+        raise UserError("validation entries must come from the same table as the training "
                          "entries (use Observations.split)")
     offset, row_bias, col_bias = 0.0, None, None
     if center == "mean":
@@ -119,7 +120,7 @@ def _solver(train: Observations, config: CompressedConfig | WideConfig, *, joint
         from ..distributed.completion import DistributedCompressedSolver, ShardedCompletion, shard
 
         if not isinstance(config, CompressedConfig):
-            raise ValueError("only the compressed solver runs on several processes; use "
+            raise UserError("only the compressed solver runs on several processes; use "
                              "CompressedConfig (--solver compressed) or launch one process")
         share = shard(train, runtime.rank(), runtime.world_size())
         problem = ShardedCompletion(share, config.torch_dtype, offsets=joint)

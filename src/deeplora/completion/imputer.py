@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ..errors import UserError
 from .compressed import CompressedConfig
 from .data import Observations
 from .fit import complete
@@ -110,33 +111,33 @@ class DeepImputer(TransformerMixin, BaseEstimator):
         try:
             values = np.array(X, dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"X must be a 2-D array of numbers with missing entries, got "
+            raise UserError(f"X must be a 2-D array of numbers with missing entries, got "
                              f"values that are not numbers ({e})") from None
         if values.ndim != 2:
-            raise ValueError(f"X must be 2-D (rows x features), got an array of shape "
+            raise UserError(f"X must be 2-D (rows x features), got an array of shape "
                              f"{values.shape}; reshape a single row with X.reshape(1, -1)")
         if values.size == 0:
-            raise ValueError(f"X is empty (shape {values.shape})")
+            raise UserError(f"X is empty (shape {values.shape})")
         marker = self.missing_values
         missing = np.isnan(values) if _is_nan(marker) else values == marker
         if np.isinf(values[~missing]).any():
-            raise ValueError("X holds infinite values; replace them (or mark them missing)")
+            raise UserError("X holds infinite values; replace them (or mark them missing)")
         if fitting:
             self.n_features_in_ = values.shape[1]
             if names is not None:
                 self.feature_names_in_ = np.asarray(names, dtype=object)
             if not missing.any():
-                raise ValueError(f"X has no missing entries ({marker!r}): there is nothing to "
+                raise UserError(f"X has no missing entries ({marker!r}): there is nothing to "
                                  "impute; fit on data with holes")
             for axis, what in ((1, "row"), (0, "column")):
                 empty = np.flatnonzero(missing.all(axis=axis))
                 if empty.size:
-                    raise ValueError(
+                    raise UserError(
                         f"{what} {empty[0]} of X has no observed entry ({empty.size} such "
                         f"{what}s): a completion cannot say anything about it; drop or fill "
                         f"it before fitting")
         elif values.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {values.shape[1]} features, but DeepImputer was fitted "
+            raise UserError(f"X has {values.shape[1]} features, but DeepImputer was fitted "
                              f"with {self.n_features_in_}")
         return values, missing
 

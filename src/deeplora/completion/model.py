@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from .._io import FORMAT_VERSION, check_version, read_json, read_tensors, write_json, write_tensors
+from ..errors import UserError
 from .data import Observations, _lookup
 from .solver import History
 
@@ -59,10 +60,10 @@ class CompletionModel:
         r = torch.as_tensor(np.asarray(rows, dtype=np.int64))
         c = torch.as_tensor(np.asarray(cols, dtype=np.int64))
         if r.shape != c.shape:
-            raise ValueError(f"rows and cols differ in length: {len(r)} and {len(c)}")
+            raise UserError(f"rows and cols differ in length: {len(r)} and {len(c)}")
         m, n = self.shape
         if len(r) and (r.min() < 0 or r.max() >= m or c.min() < 0 or c.max() >= n):
-            raise ValueError(f"index out of range for a {m} x {n} model")
+            raise UserError(f"index out of range for a {m} x {n} model")
         out = (self.left[r] * self.right[c]).sum(1).double().numpy() + self.offset
         if self.row_bias is not None:
             out += self.row_bias[r.numpy()]
@@ -74,7 +75,7 @@ class CompletionModel:
                 col_ids: Sequence[Hashable] | np.ndarray) -> np.ndarray:
         """Predictions for pairs of row and column IDs; an unknown ID raises ``KeyError``."""
         if len(row_ids) != len(col_ids):
-            raise ValueError(f"row and column IDs differ in length: {len(row_ids)} and "
+            raise UserError(f"row and column IDs differ in length: {len(row_ids)} and "
                              f"{len(col_ids)}")
         rows = _lookup(self.row_ids, row_ids, "row")
         cols = _lookup(self.col_ids, col_ids, "column")
@@ -98,7 +99,7 @@ class CompletionModel:
         ``block_entries`` entries."""
         m, n = self.shape
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise UserError(f"k must be >= 1, got {k}")
         index = np.arange(m) if rows is None else _lookup(self.row_ids, rows, "row")
         observed = self.observed_rows is not None and self.observed_cols is not None
         if observed:
@@ -144,7 +145,7 @@ class CompletionModel:
         """The whole m x n completed matrix; refused above ``max_entries`` entries."""
         m, n = self.shape
         if m * n > max_entries:
-            raise ValueError(
+            raise UserError(
                 f"a dense {m} x {n} matrix has {m * n:,} entries, above max_entries="
                 f"{max_entries:,}; use predict/top_k, or raise max_entries if it fits in memory"
             )
@@ -153,7 +154,7 @@ class CompletionModel:
     def rmse(self, obs: Observations) -> float:
         """Root mean squared error on observed entries (indexed like this model)."""
         if obs.shape != self.shape:
-            raise ValueError(f"observations are {obs.shape}, the model {self.shape}")
+            raise UserError(f"observations are {obs.shape}, the model {self.shape}")
         pred = self.predict_index(obs.rows, obs.cols)
         return float(np.sqrt(np.mean((pred - obs.values) ** 2)))
 
@@ -186,7 +187,7 @@ class CompletionModel:
         m, n = meta["shape"]
         for name, rows in (("left", m), ("right", n)):
             if name not in t or t[name].shape[0] != rows:
-                raise ValueError(f"completion model in {folder}: tensor '{name}' is missing or "
+                raise UserError(f"completion model in {folder}: tensor '{name}' is missing or "
                                  f"does not have {rows} rows; the files do not belong together")
 
         def arr(name: str) -> np.ndarray | None:

@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..errors import UserError
 from .data import LowRankMatrix, Observations
 from .offsets import DEFAULT_OFFSET_REG, Offsets
 
@@ -288,7 +289,7 @@ class Factorization(Objective):
         self.target = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor)
                                       else target).to(dtype)
         if self.target.ndim != 2 or not torch.isfinite(self.target).all():
-            raise ValueError("the factorization target must be a finite 2-D matrix")
+            raise UserError("the factorization target must be a finite 2-D matrix")
         self.shape = (int(self.target.shape[0]), int(self.target.shape[1]))
         self.dtype = dtype
 
@@ -339,7 +340,7 @@ class Sensing(Objective):
         a = torch.as_tensor(measurements).to(dtype)
         yy = torch.as_tensor(y).to(dtype).reshape(-1)
         if a.ndim != 3 or a.shape[0] != yy.shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"measurements must be (N, m, n) with N = len(y); got {tuple(a.shape)} and "
                 f"{yy.shape[0]} values"
             )

@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import UserError
+
 #: Ridge penalty of the offsets, in observations: like ``reg`` extra entries of offset 0.
 DEFAULT_OFFSET_REG = 3.0
 
@@ -50,7 +52,7 @@ class Offsets:
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int],
                  reg: float = DEFAULT_OFFSET_REG, reduce: Reduce = _identity) -> None:
         if not reg >= 0:
-            raise ValueError(f"the offsets' reg must be >= 0, got {reg}")
+            raise UserError(f"the offsets' reg must be >= 0, got {reg}")
         self.rows, self.cols = rows.long(), cols.long()
         self.shape = shape
         self.reg = float(reg)

@@ -58,6 +58,7 @@ from .._io import (
     write_json,
     write_tensors,
 )
+from ..errors import UserError
 from .data import LowRankMatrix, Observations
 from .objectives import Objective, entries_fingerprint, make_objective
 from .offsets import Offsets
@@ -151,13 +152,13 @@ _Config = TypeVar("_Config", bound=SolverConfig)
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise UserError(message)
 
 
 def _target_scale(objective: Objective) -> float:
     s = objective.target_scale()
     if not math.isfinite(s) or s <= 0:
-        raise ValueError("the target is zero (after its offsets, if any): there is nothing to "
+        raise UserError("the target is zero (after its offsets, if any): there is nothing to "
                          "fit")
     return s
 
@@ -268,9 +269,9 @@ class GradientDescent(ABC):
         self.truth = truth
         self.validation = validation
         if truth is not None and tuple(truth.shape) != self.shape:
-            raise ValueError(f"truth has shape {tuple(truth.shape)}, the problem {self.shape}")
+            raise UserError(f"truth has shape {tuple(truth.shape)}, the problem {self.shape}")
         if validation is not None and validation.shape != self.shape:
-            raise ValueError(
+            raise UserError(
                 f"validation entries are for shape {validation.shape}, the problem is "
                 f"{self.shape}; split both from the same Observations"
             )
@@ -616,13 +617,13 @@ class GradientDescent(ABC):
         mine = {k: v for k, v in asdict(self.config).items() if k not in free}
         if meta["solver"] != type(self).__name__ or saved != mine:
             changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise ValueError(
+            raise UserError(
                 f"checkpoint in {folder} was written by {meta['solver']} with other settings "
                 f"({', '.join(changed) or 'solver'}); resume with the same settings or use a "
                 "new checkpoint folder"
             )
         if not _same_fingerprint(meta.get("data", []), self.fingerprint()):
-            raise ValueError(
+            raise UserError(
                 f"checkpoint in {folder} was written for other data (another input, split, "
                 "centering or validation part); resume with the same data or use a new "
                 "checkpoint folder"
@@ -632,7 +633,7 @@ class GradientDescent(ABC):
         for name, value in params.items():
             key = f"param.{name}"
             if key not in tensors or tensors[key].shape != value.shape:
-                raise ValueError(f"checkpoint in {folder} does not match this problem ({name})")
+                raise UserError(f"checkpoint in {folder} does not match this problem ({name})")
             value.copy_(tensors[key])
         self._velocity = {k[len("velocity."):]: v.clone() for k, v in tensors.items()
                           if k.startswith("velocity.")}

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from .._io import first_non_utf8_line
+from ..errors import MissingFileError, UserError
 
 
 class TableError(UserError):
@@ -39,7 +40,7 @@ def read_fields(path: str | os.PathLike[str], columns: int, what: str,
     (1-based). ``what`` describes a line for messages (e.g. ``"row_id,col_id,value"``)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingFileError(f"{path} does not exist")
     if not path.is_file():
         raise TableError(f"{path} is not a file (expected lines of {what})")
     separator = _separator(path, sep)
@@ -49,7 +50,7 @@ def read_fields(path: str | os.PathLike[str], columns: int, what: str,
     except pd.errors.EmptyDataError:
         raise TableError(f"{path} is empty: expected lines of {what}") from None
     except UnicodeDecodeError:
-        raise TableError(f"{path} line {_bad_utf8_line(path)}: not UTF-8 text; save the file "
+        raise TableError(f"{path} line {first_non_utf8_line(path)}: not UTF-8 text; save the file "
                          "as UTF-8") from None
     except pd.errors.ParserError as e:  # a line with more fields than the first
         raise TableError(f"{path}: {e.args[0].split('. ', 1)[-1]} (expected {columns} fields, "
@@ -73,16 +74,6 @@ def _line_numbers(path: Path, count: int) -> np.ndarray:
     numbers = [number for number, line in enumerate(data.split(b"\n"), start=1)
                if line.rstrip(b"\r")]
     return np.asarray(numbers[:count])
-
-
-def _bad_utf8_line(path: Path) -> int:
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                return number
-    return 1
 
 
 def _check_ids(df: pd.DataFrame, path: Path, names: Sequence[str]) -> None:
@@ -111,6 +102,13 @@ def read_entries(path: str | os.PathLike[str],
     if bad.any():
         line = df.index[bad][0]
         raise TableError(f"{path} line {line}: the value {df.loc[line, 2]!r} is not a number")
+    repeated = df.duplicated([0, 1], keep="first").to_numpy()
+    if repeated.any():
+        line = df.index[repeated][0]
+        first = df.index[((df[0] == df.loc[line, 0]) & (df[1] == df.loc[line, 1])).to_numpy()][0]
+        raise TableError(f"{path} line {line}: duplicate entry ({df.loc[line, 0]!r}, "
+                         f"{df.loc[line, 1]!r}), first on line {first} ({int(repeated.sum())} "
+                         "repeat(s)); keep one value per pair (average or drop repeats)")
     return pd.DataFrame({"row_id": df[0], "col_id": df[1], "value": values.astype(float)}), header
 
 

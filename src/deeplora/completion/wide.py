@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..subspace import chain, chain_grads, eps_orthogonal
 from .data import LowRankMatrix, Observations
 from .solver import GradientDescent, SolverConfig
@@ -30,9 +31,9 @@ class WideConfig(SolverConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.width is not None and self.width < 1:
-            raise ValueError(f"width must be >= 1, got {self.width}")
+            raise UserError(f"width must be >= 1, got {self.width}")
         if self.init not in ("orthogonal", "identity"):
-            raise ValueError(f"init must be 'orthogonal' or 'identity', got {self.init!r}")
+            raise UserError(f"init must be 'orthogonal' or 'identity', got {self.init!r}")
 
 
 def wide_init(

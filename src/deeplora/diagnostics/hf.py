@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ..errors import UserError
 from .recorder import Recording, SubspaceRecorder
 
 if TYPE_CHECKING:
@@ -58,11 +59,11 @@ class RecorderCallback(_Base):
                 "(or drive a SubspaceRecorder from your own loop)"
             )
         if recorder is not None and recorder_kw:
-            raise ValueError(
+            raise UserError(
                 f"give a recorder or recorder settings, not both (got {sorted(recorder_kw)})"
             )
         if recorder is not None and not isinstance(recorder, SubspaceRecorder):
-            raise ValueError(
+            raise UserError(
                 f"recorder must be a SubspaceRecorder, got {type(recorder).__name__}"
             )
         self.recorder = recorder
@@ -74,7 +75,7 @@ class RecorderCallback(_Base):
                        model: nn.Module | None = None, **kwargs: Any) -> None:
         if self.recorder is None:
             if model is None:
-                raise ValueError("RecorderCallback: the Trainer passed no model to build the "
+                raise UserError("RecorderCallback: the Trainer passed no model to build the "
                                  "recorder from; pass a SubspaceRecorder instead")
             self.recorder = SubspaceRecorder.from_model(model, **self.recorder_kw)
         self.recording = None

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._io import atomic_path
+from ..errors import UserError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -91,9 +92,9 @@ def _pyplot() -> Any:
 def _stem(stem: Stem) -> Path:
     path = Path(stem)
     if not path.name or path.name in (".", ".."):
-        raise ValueError(f"the figure stem {str(stem)!r} has no file name: pass e.g. out/figure")
+        raise UserError(f"the figure stem {str(stem)!r} has no file name: pass e.g. out/figure")
     if path.suffix.lower() in (".png", ".svg"):
-        raise ValueError(
+        raise UserError(
             f"the figure stem {path} ends in {path.suffix}: pass the path without a suffix "
             f"({path.with_suffix('')}); the plot writes both .png and .svg"
         )
@@ -136,7 +137,7 @@ def _floats(values: Any, what: str) -> np.ndarray:
             return values.astype(float)
         return np.array([np.nan if v is None else v for v in values], dtype=float)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} must be a sequence of numbers ({e})") from e
+        raise UserError(f"{what} must be a sequence of numbers ({e})") from e
 
 
 def _positive(values: np.ndarray) -> np.ndarray:
@@ -203,25 +204,25 @@ def _select_layers(
 ) -> tuple[np.ndarray, list[str], int]:
     """The recorded steps, the layers to draw (at most ``max_panels``) and how many were asked."""
     if isinstance(max_panels, bool) or not isinstance(max_panels, int) or max_panels < 1:
-        raise ValueError(f"max_panels must be a positive integer, got {max_panels!r}")
+        raise UserError(f"max_panels must be a positive integer, got {max_panels!r}")
     steps = np.asarray(recording.steps, dtype=float)
     if steps.ndim != 1 or steps.size == 0:
-        raise ValueError(
+        raise UserError(
             "the recording holds no recorded steps: record at least one step "
             "(SubspaceRecorder.record or maybe_record) before finish()"
         )
     known = list(recording.layers)
     if not known:
-        raise ValueError("the recording holds no layers: give the recorder at least one source")
+        raise UserError("the recording holds no layers: give the recorder at least one source")
     if layers is None:
         names = known
     else:
         names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
         if not names:
-            raise ValueError(f"layers is empty: pass some of {_few(known)}, or None for all")
+            raise UserError(f"layers is empty: pass some of {_few(known)}, or None for all")
         unknown = [n for n in names if n not in recording.layers]
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"unknown layer name(s) {_few(unknown)}: this recording has {_few(known)}; "
                 "pass names from recording.layers"
             )
@@ -231,10 +232,10 @@ def _select_layers(
 def _trace(recording: Recording, name: str, field: str, ndim: int, steps: int) -> np.ndarray:
     value = getattr(recording.layers[name], field)
     if value is None:
-        raise ValueError(f"layer {name!r} has no {field} recorded")
+        raise UserError(f"layer {name!r} has no {field} recorded")
     array = np.asarray(value, dtype=float)
     if array.ndim != ndim or array.shape[0] != steps or array.size == 0:
-        raise ValueError(
+        raise UserError(
             f"layer {name!r}: {field} has shape {array.shape}, expected {ndim} dimensions with "
             f"{steps} rows (one per recorded step); the recording is inconsistent: rebuild it "
             "with SubspaceRecorder.finish() or Recording.load()"
@@ -396,14 +397,14 @@ def plot_effective_rank_histogram(
     """
     _stem(stem)
     if not ranks:
-        raise ValueError("ranks is empty: pass {method: [effective rank of each update]}")
+        raise UserError("ranks is empty: pass {method: [effective rank of each update]}")
     counts: dict[str, np.ndarray] = {}
     for method, values in ranks.items():
         array = _floats(values, f"ranks[{method!r}]")
         if array.ndim != 1 or array.size == 0:
-            raise ValueError(f"ranks[{method!r}] is empty: pass one effective rank per update")
+            raise UserError(f"ranks[{method!r}] is empty: pass one effective rank per update")
         if (~np.isfinite(array)).any() or (array < 0).any() or (array != np.round(array)).any():
-            raise ValueError(f"ranks[{method!r}] must hold non-negative integers, got "
+            raise UserError(f"ranks[{method!r}] must hold non-negative integers, got "
                              f"{sorted(set(array.tolist()))[:8]}")  # fmt: skip
         counts[str(method)] = array.astype(int)
     lo = min(int(a.min()) for a in counts.values())
@@ -450,24 +451,24 @@ def plot_recovery(
     """
     _stem(stem)
     if not curves:
-        raise ValueError("curves is empty: pass {label: History.to_dict()} for each run")
+        raise UserError("curves is empty: pass {label: History.to_dict()} for each run")
     data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for label, curve in curves.items():
         missing = [key for key in ("step", "seconds", "rel_error") if key not in curve]
         if missing:
-            raise ValueError(f"curve {label!r} lacks {missing}: each curve needs 'step', "
+            raise UserError(f"curve {label!r} lacks {missing}: each curve needs 'step', "
                              "'seconds' and 'rel_error' (History.to_dict() has them)")  # fmt: skip
         step, seconds, error = (_floats(curve[key], f"curve {label!r} {key!r}")
                                 for key in ("step", "seconds", "rel_error"))  # fmt: skip
         if not len(step) == len(seconds) == len(error):
-            raise ValueError(f"curve {label!r} has {len(step)} steps, {len(seconds)} seconds and "
+            raise UserError(f"curve {label!r} has {len(step)} steps, {len(seconds)} seconds and "
                              f"{len(error)} rel_error entries: they must be the same length, "
                              "one row per evaluation")  # fmt: skip
         if len(step) == 0:
-            raise ValueError(f"curve {label!r} is empty: it needs at least one evaluation")
+            raise UserError(f"curve {label!r} is empty: it needs at least one evaluation")
         data[str(label)] = (step, seconds, _positive(error))
     if not any(np.isfinite(error).any() for _, _, error in data.values()):
-        raise ValueError("nothing to plot: every rel_error is nan or not positive")
+        raise UserError("nothing to plot: every rel_error is nan or not positive")
     plt = _pyplot()
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True,
                                            constrained_layout=True)  # fmt: skip
@@ -520,9 +521,9 @@ def plot_fewshot(
     _stem(stem)
     cells = summary.get("cells") if isinstance(summary, dict) else None
     if not cells:
-        raise ValueError("the summary has no 'cells': pass deeplora.bench.fewshot.aggregate(...)")
+        raise UserError("the summary has no 'cells': pass deeplora.bench.fewshot.aggregate(...)")
     if not ns or not ranks:
-        raise ValueError(f"ns and ranks need at least one value each, got ns={list(ns)}, "
+        raise UserError(f"ns and ranks need at least one value each, got ns={list(ns)}, "
                          f"ranks={list(ranks)}")  # fmt: skip
     names = {**FEWSHOT_LABELS, **(labels or {})}
     by = {(c["method"], c["n"], c["rank"]): c["accuracy"] for c in cells}
@@ -535,7 +536,7 @@ def plot_fewshot(
     for xs, key, _, _ in panels:
         absent = [(m, *key(x)) for m in methods for x in xs if (m, *key(x)) not in by]
         if absent:
-            raise ValueError(f"the summary has no cell for (method, n, rank) = {absent[0]}: "
+            raise UserError(f"the summary has no cell for (method, n, rank) = {absent[0]}: "
                              "pass the ns, ranks, base_rank and rank_n it was aggregated "
                              "with")  # fmt: skip
     plt = _pyplot()
@@ -583,21 +584,21 @@ def plot_lines(
     are non-positive ones on a log axis."""
     _stem(stem)
     if not series:
-        raise ValueError("series is empty: pass {label: (xs, ys)} with at least one line")
+        raise UserError("series is empty: pass {label: (xs, ys)} with at least one line")
     for name, text in (("xlabel", xlabel), ("ylabel", ylabel)):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{name} is empty: say what the axis shows and its unit")
+            raise UserError(f"{name} is empty: say what the axis shows and its unit")
     data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for label, pair in series.items():
         if isinstance(pair, str) or len(pair) != 2:
-            raise ValueError(f"series[{label!r}] must be a pair (xs, ys)")
+            raise UserError(f"series[{label!r}] must be a pair (xs, ys)")
         xs = _floats(pair[0], f"series[{label!r}] xs")
         ys = _floats(pair[1], f"series[{label!r}] ys")
         if len(xs) != len(ys):
-            raise ValueError(f"series[{label!r}] has {len(xs)} xs and {len(ys)} ys: pass one y "
+            raise UserError(f"series[{label!r}] has {len(xs)} xs and {len(ys)} ys: pass one y "
                              "per x")  # fmt: skip
         if len(xs) == 0:
-            raise ValueError(f"series[{label!r}] is empty: pass at least one point")
+            raise UserError(f"series[{label!r}] is empty: pass at least one point")
         keep = np.isfinite(xs) & np.isfinite(ys)
         if logx:
             keep &= xs > 0
@@ -605,7 +606,7 @@ def plot_lines(
             keep &= ys > 0
         data[str(label)] = (xs[keep], ys[keep])
     if not any(len(xs) for xs, _ in data.values()):
-        raise ValueError("nothing to plot: no series has a finite point"
+        raise UserError("nothing to plot: no series has a finite point"
                          + (" (with positive values on the log axes)" if logx or logy else ""))
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(6, 4.2), constrained_layout=True)

@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from .._io import FORMAT_VERSION, atomic_open, check_version, json_safe, read_json, write_json
+from ..errors import MissingFileError, UserError
 from ..subspace import chain, chain_grads, compress_dense, orth
 
 if TYPE_CHECKING:
@@ -99,14 +100,14 @@ def _as64(t: torch.Tensor) -> torch.Tensor:
 
 def _check_chain(factors: Sequence[torch.Tensor], what: str = "factors") -> None:
     if len(factors) == 0:
-        raise ValueError(f"{what}: empty list; a source returns at least one matrix")
+        raise UserError(f"{what}: empty list; a source returns at least one matrix")
     for i, f in enumerate(factors):
         if not isinstance(f, torch.Tensor) or f.ndim != 2:
             got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"{what}: factor {i} must be a 2-D tensor, got {got}")
+            raise UserError(f"{what}: factor {i} must be a 2-D tensor, got {got}")
     for i in range(1, len(factors)):
         if factors[i].shape[1] != factors[i - 1].shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"{what}: factor shapes do not chain (M = W_L ... W_1 needs W_l.shape[1] == "
                 f"W_(l-1).shape[0]): {tuple(factors[i - 1].shape)} then {tuple(factors[i].shape)}"
             )
@@ -188,7 +189,7 @@ def model_sources(model: nn.Module, adapter_name: str = "default") -> dict[str, 
             sources[path] = _peft_source(module, adapter_name)
     if not sources:
         known = f"; it has adapters {sorted(found)}" if found else ""
-        raise ValueError(
+        raise UserError(
             f"no Deep LoRA or PEFT LoRA adapter named {adapter_name!r} on this "
             f"{type(model).__name__}{known}: wrap it with Deep LoRA or PEFT LoRA first, or pass "
             "sources yourself (weight_sources for full fine-tuning)"
@@ -223,16 +224,16 @@ def weight_sources(model: nn.Module, names: Sequence[str]) -> dict[str, Source]:
     if isinstance(names, str):
         names = [names]
     if not names:
-        raise ValueError("weight_sources: no parameter names given; name the weights to track")
+        raise UserError("weight_sources: no parameter names given; name the weights to track")
     sources: dict[str, Source] = {}
     for name in names:
         if name not in params:
             close = [p for p in params if p.endswith(name) or name in p][:5]
             hint = f"; did you mean {close}" if close else ""
-            raise ValueError(f"weight_sources: the model has no parameter {name!r}{hint}")
+            raise UserError(f"weight_sources: the model has no parameter {name!r}{hint}")
         p = params[name]
         if p.ndim < 2:
-            raise ValueError(
+            raise UserError(
                 f"weight_sources: {name} has shape {tuple(p.shape)}; only matrices (2-D or more) "
                 "have a spectrum to track"
             )
@@ -277,7 +278,7 @@ def solver_sources(solver: GradientDescent) -> dict[str, Source]:
 
         sources["end_to_end"] = end_to_end
         return sources
-    raise ValueError(
+    raise UserError(
         f"solver_sources: expected a WideSolver or CompressedSolver, got {type(solver).__name__}; "
         "pass sources yourself for other models"
     )
@@ -299,13 +300,13 @@ def predicted_bases(
     ``W_l(t) - W_l(0)`` lies in ``span(U_l) x span(V_l)``.
     """
     if r_hat < 1:
-        raise ValueError(f"r_hat must be >= 1, got {r_hat}")
+        raise UserError(f"r_hat must be >= 1, got {r_hat}")
     if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+        raise UserError(f"eps must be > 0, got {eps}")
     _check_chain(weights0, "weights0")
     ws = [_as64(w) for w in weights0]
     if 2 * r_hat > min(min(w.shape) for w in ws):
-        raise ValueError(
+        raise UserError(
             f"2 r_hat = {2 * r_hat} exceeds the narrowest layer dimension "
             f"{min(min(w.shape) for w in ws)}; lower r_hat"
         )
@@ -401,7 +402,7 @@ class Recording:
             with atomic_open(path, "wb") as fh:
                 np.savez(fh, **arrays)  # type: ignore[arg-type]
         else:
-            raise ValueError(f"Recording.save: {path} must end in .json or .npz")
+            raise UserError(f"Recording.save: {path} must end in .json or .npz")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Recording:
@@ -429,25 +430,25 @@ class Recording:
                 return cls(np.asarray(data["steps"], np.int64), _from_json(data["seconds"], float),
                            layers, int(data["k"]), dict(data["meta"]))
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{what} is incomplete or corrupt ({e!r})") from e
+                raise UserError(f"{what} is incomplete or corrupt ({e!r})") from e
         if suffix == ".npz":
             if not path.is_file():
-                raise FileNotFoundError(f"recording: {path} does not exist; check the path")
+                raise MissingFileError(f"recording: {path} does not exist; check the path")
             try:
                 with np.load(path, allow_pickle=False) as npz:
                     files = {k: npz[k] for k in npz.files}
             except (OSError, ValueError) as e:
-                raise ValueError(f"{what} is not a readable .npz file ({e})") from e
+                raise UserError(f"{what} is not a readable .npz file ({e})") from e
             if "header" not in files:
-                raise ValueError(f"{what}: not a deeplora recording (no header); "
+                raise UserError(f"{what}: not a deeplora recording (no header); "
                                  "expected a file written by Recording.save")
             try:
                 header = json.loads(str(files["header"]))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{what}: its header is not valid JSON; the file is corrupt") \
+                raise UserError(f"{what}: its header is not valid JSON; the file is corrupt") \
                     from e
             if not isinstance(header, dict):
-                raise ValueError(f"{what}: its header is not a JSON object; the file is corrupt")
+                raise UserError(f"{what}: its header is not a JSON object; the file is corrupt")
             check_version(header, what, KIND)
             try:
                 layers = {}
@@ -464,9 +465,9 @@ class Recording:
                 return cls(files["steps"], files["seconds"], layers, int(header["k"]),
                            dict(header["meta"]))
             except KeyError as e:
-                raise ValueError(f"{what} is incomplete ({e!r} missing); the file is corrupt") \
+                raise UserError(f"{what} is incomplete ({e!r} missing); the file is corrupt") \
                     from e
-        raise ValueError(f"Recording.load: {path} must end in .json or .npz")
+        raise UserError(f"Recording.load: {path} must end in .json or .npz")
 
 
 # ----------------------------------------------------------------------------- the recorder
@@ -485,12 +486,12 @@ class _Track:
 
 def _orthonormal_pair(name: str, pair: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(pair, tuple | list) and len(pair) == 2):
-        raise ValueError(f"{what}[{name!r}] must be a pair (U, V) of matrices")
+        raise UserError(f"{what}[{name!r}] must be a pair (U, V) of matrices")
     out = []
     for side, m in zip("UV", pair):
         m = torch.as_tensor(m)
         if m.ndim != 2 or m.shape[1] < 1 or m.shape[1] > m.shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"{what}[{name!r}]: {side} must be a 2-D basis with 1 <= columns <= rows, got "
                 f"shape {tuple(m.shape)}"
             )
@@ -502,7 +503,7 @@ def _check_keys(given: Mapping[str, Any], sources: Mapping[str, Any], what: str)
     missing = sorted(set(sources) - set(given))
     extra = sorted(set(given) - set(sources))
     if missing or extra:
-        raise ValueError(
+        raise UserError(
             f"{what} keys must match the sources: missing {missing[:5]}, unknown {extra[:5]} "
             f"(the sources are {sorted(sources)[:8]}{'...' if len(sources) > 8 else ''})"
         )
@@ -544,16 +545,16 @@ class SubspaceRecorder:
     ) -> None:
         self._start = time.perf_counter()
         if not isinstance(sources, Mapping) or not sources:
-            raise ValueError("SubspaceRecorder needs at least one source (name -> callable)")
+            raise UserError("SubspaceRecorder needs at least one source (name -> callable)")
         for name, src in sources.items():
             if not callable(src):
-                raise ValueError(f"source {name!r} must be a callable returning factors")
+                raise UserError(f"source {name!r} must be a callable returning factors")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+            raise UserError(f"k must be an integer >= 1, got {k!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+            raise UserError(f"every must be an integer >= 1, got {every!r}")
         if rank_atol < 0 or rank_rtol < 0:
-            raise ValueError(f"rank_atol and rank_rtol must be >= 0, got {rank_atol}, {rank_rtol}")
+            raise UserError(f"rank_atol and rank_rtol must be >= 0, got {rank_atol}, {rank_rtol}")
         self.sources = dict(sources)
         self.k = k
         self.every = every
@@ -561,7 +562,7 @@ class SubspaceRecorder:
         if steps is not None:
             schedule = [int(s) for s in steps]
             if any(s < 0 for s in schedule):
-                raise ValueError("steps must be >= 0")
+                raise UserError("steps must be >= 0")
             self.steps = frozenset(schedule)
         self.rank_atol = float(rank_atol)
         self.rank_rtol = float(rank_rtol)
@@ -569,14 +570,14 @@ class SubspaceRecorder:
         self.slices: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for name, value in (slices or {}).items():
             if name not in self.sources:
-                raise ValueError(f"slices has {name!r}, which is not a source "
+                raise UserError(f"slices has {name!r}, which is not a source "
                                  f"(sources: {sorted(self.sources)[:8]})")
             if not (isinstance(value, tuple | list) and len(value) == 3):
-                raise ValueError(f"slices[{name!r}] must be a triple (M0, U, V)")
+                raise UserError(f"slices[{name!r}] must be a triple (M0, U, V)")
             m0 = _as64(torch.as_tensor(value[0]))
             u, v = _orthonormal_pair(name, tuple(value[1:]), "slices")
             if m0.ndim != 2 or m0.shape != (u.shape[0], v.shape[0]):
-                raise ValueError(
+                raise UserError(
                     f"slices[{name!r}]: M0 {tuple(m0.shape)} must be rows(U) x rows(V) = "
                     f"{u.shape[0]} x {v.shape[0]}"
                 )
@@ -586,14 +587,14 @@ class SubspaceRecorder:
         self._ref: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         if isinstance(reference, str):
             if reference not in REFERENCES:
-                raise ValueError(
+                raise UserError(
                     f"reference must be one of {REFERENCES} or a mapping name -> (U, V), got "
                     f"{reference!r}"
                 )
             self.reference_kind = reference
             if reference == "predicted":
                 if set(self.slices) != set(self.sources):
-                    raise ValueError(
+                    raise UserError(
                         "reference='predicted' needs a slice for every source; pass slices= "
                         "(or SubspaceRecorder.from_solver(..., r_hat=...))"
                     )
@@ -603,7 +604,7 @@ class SubspaceRecorder:
             self.reference_kind = "given"
             self._ref = {n: _orthonormal_pair(n, p, "reference") for n, p in reference.items()}
         else:
-            raise ValueError(f"reference must be a string or a mapping, got "
+            raise UserError(f"reference must be a string or a mapping, got "
                              f"{type(reference).__name__}")
 
         self._tracks = {name: _Track() for name in self.sources}
@@ -638,14 +639,14 @@ class SubspaceRecorder:
             from ..completion.wide import WideSolver
 
             if "slices" in kw:
-                raise ValueError("give r_hat or slices, not both")
+                raise UserError("give r_hat or slices, not both")
             if not isinstance(solver, WideSolver):
-                raise ValueError("r_hat (the predicted slice) applies to a WideSolver only")
+                raise UserError("r_hat (the predicted slice) applies to a WideSolver only")
             if solver.config.init != "orthogonal":
-                raise ValueError("r_hat needs the eps-orthogonal init (WideConfig(init="
+                raise UserError("r_hat needs the eps-orthogonal init (WideConfig(init="
                                  "'orthogonal')), the theorem's setting")
             if solver.t != 0:
-                raise ValueError(
+                raise UserError(
                     f"the predicted slice is read off the init, but the solver is at step "
                     f"{solver.t}; build the recorder before running the solver"
                 )
@@ -709,7 +710,7 @@ class SubspaceRecorder:
         t0 = time.perf_counter()
         step = int(step)
         if self._steps and step <= self._steps[-1]:
-            raise ValueError(
+            raise UserError(
                 f"step {step} is not after the last recorded step {self._steps[-1]}; steps "
                 "must increase (truncate(step) drops later records after a rewind)"
             )
@@ -739,7 +740,7 @@ class SubspaceRecorder:
             tr.factor_shapes = shapes
             tr.shape = (shapes[-1][0], shapes[0][1])
         elif len(shapes) != len(tr.factor_shapes) or tr.shape != (shapes[-1][0], shapes[0][1]):
-            raise ValueError(
+            raise UserError(
                 f"source {name!r} changed shape: {tr.factor_shapes} before, {shapes} now"
             )
         k = self.k
@@ -765,7 +766,7 @@ class SubspaceRecorder:
         if ref is not None:
             qu, qv = ref
             if qu.shape[0] != uk.shape[0] or qv.shape[0] != vk.shape[0]:
-                raise ValueError(
+                raise UserError(
                     f"reference for {name!r} has bases of {qu.shape[0]} and {qv.shape[0]} rows, "
                     f"the matrix is {uk.shape[0]} x {vk.shape[0]}"
                 )
@@ -779,7 +780,7 @@ class SubspaceRecorder:
         if name in self.slices:
             m0, su, sv = (x.to(fs[0].device) for x in self.slices[name])
             if m0.shape != tr.shape:
-                raise ValueError(
+                raise UserError(
                     f"slices[{name!r}]: M0 is {tuple(m0.shape)}, the matrix {tr.shape}")
             d = chain(fs) - m0
             norm = float(torch.linalg.matrix_norm(d))
@@ -792,7 +793,7 @@ class SubspaceRecorder:
         if not self._steps:
             schedule = (f"steps={sorted(self.steps)[:5]}" if self.steps is not None
                         else f"every={self.every}")
-            raise ValueError(
+            raise UserError(
                 "nothing was recorded: call record(step) or maybe_record(step) during training "
                 f"(the schedule is {schedule})"
             )

@@ -36,6 +36,7 @@ from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import LowRankMatrix, Observations
 from ..completion.objectives import Completion
 from ..completion.offsets import DEFAULT_OFFSET_REG
+from ..errors import UserError
 from . import runtime
 
 
@@ -43,9 +44,9 @@ def shard(obs: Observations, rank: int, world_size: int) -> Observations:
     """Rank ``rank``'s share of the entries: every ``world_size``-th entry, starting at
     ``rank`` (shares differ in size by at most one entry)."""
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        raise UserError(f"rank must be in [0, {world_size}), got {rank}")
     if len(obs) < world_size:
-        raise ValueError(f"{len(obs)} observed entries cannot be shared by {world_size} ranks; "
+        raise UserError(f"{len(obs)} observed entries cannot be shared by {world_size} ranks; "
                          "use fewer processes")
     return obs.subset(np.arange(rank, len(obs), world_size))
 

@@ -24,6 +24,8 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
 DEFAULT_TIMEOUT = 300.0  # seconds a collective waits for a silent peer
 
 
@@ -57,7 +59,7 @@ def environment() -> DistEnv | None:
     else:
         return None
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"launcher variables give rank {rank} of world size {world}; check "
+        raise UserError(f"launcher variables give rank {rank} of world size {world}; check "
                          "the launcher's settings")
     return DistEnv(rank, world, local) if world > 1 else None
 
@@ -67,11 +69,11 @@ def initialize(env: DistEnv, *, timeout: float = DEFAULT_TIMEOUT,
     """Join the process group: ``gloo`` on CPU, ``nccl`` when CUDA is there (unless
     ``backend`` says otherwise). ``timeout`` bounds how long a collective waits for a peer."""
     if timeout <= 0:
-        raise ValueError(f"the distributed timeout must be > 0 seconds, got {timeout}")
+        raise UserError(f"the distributed timeout must be > 0 seconds, got {timeout}")
     if dist.is_initialized():
         return
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise ValueError("MASTER_ADDR and MASTER_PORT are not set; launch with torchrun, or "
+        raise UserError("MASTER_ADDR and MASTER_PORT are not set; launch with torchrun, or "
                          "export them in the SLURM script (see docs/DISTRIBUTED.md)")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._io import FORMAT_VERSION, write_json
+from ..errors import UserError
 
 Size = Literal["smoke", "default", "full"]
 SIZES: tuple[Size, ...] = ("smoke", "default", "full")
@@ -87,9 +88,9 @@ def run_experiment(
     """Run one experiment into ``out / name`` and write its ``results.json`` (atomically,
     after its figures). Returns what was written."""
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+        raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     if size not in SIZES:
-        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+        raise UserError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     exp = EXPERIMENTS[name]
     ctx = Context(size=size, out=Path(out) / name, seed=seed, progress=progress)
     ctx.out.mkdir(parents=True, exist_ok=True)

@@ -158,9 +158,11 @@ def run(ctx: Context) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     labels: dict[str, str] = {}
     for r in runs(size):
+        per_method = ({"lora_alpha": 2.0 * RANK} if r.method == "lora"
+                      else {"init_scale": r.init_scale})
         cfg = config(n=size.n, method=r.method, target_modules=TARGETS, rank=RANK, lr=r.lr,
-                     init_scale=r.init_scale, lora_alpha=2.0 * RANK, steps=size.steps,
-                     max_length=size.max_length, seed=ctx.seed, progress=ctx.progress)  # fmt: skip
+                     steps=size.steps, max_length=size.max_length, seed=ctx.seed,
+                     progress=ctx.progress, **per_method)  # fmt: skip
         result = finetune(train, cfg, evaluation=test)
         spectra = update_spectra(result.model)
         results[r.key] = {

@@ -35,6 +35,7 @@ from typing import Any
 from .._io import json_safe
 from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.wide import WideConfig, WideSolver
+from ..errors import UserError
 from . import Context
 from ._matrix import (
     DEPTH,
@@ -93,7 +94,7 @@ def run(ctx: Context) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for r_hat in size.rank_hats:
         if 2 * r_hat >= d:
-            raise ValueError(f"r_hat {r_hat} is too large for d = {d} (2 r_hat must be < d)")
+            raise UserError(f"r_hat {r_hat} is too large for d = {d} (2 r_hat must be < d)")
         _, comp = timed_run(partial(CompressedSolver, obs,
                                     CompressedConfig.paper(rank=r_hat, **common),
                                     truth=target))

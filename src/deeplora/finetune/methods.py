@@ -32,6 +32,7 @@ from .. import _io
 from ..adapters import DeepLoraConfig, export_peft, find_targets, parameter_groups, save_adapter
 from ..adapters import wrap as wrap_deep_lora
 from ..adapters.layer import conv1d_type
+from ..errors import UserError
 from .config import FinetuneConfig
 
 LossFn = Callable[[nn.Module], torch.Tensor]
@@ -65,7 +66,7 @@ class Adapted:
 
     def export_peft(self, folder: Path) -> None:
         if self.method != "deep-lora":
-            raise ValueError(f"a PEFT export is made from a Deep LoRA adapter, not {self.method}")
+            raise UserError(f"a PEFT export is made from a Deep LoRA adapter, not {self.method}")
         export_peft(self.model, folder)
 
 

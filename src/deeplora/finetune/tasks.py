@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .data import Examples
 from .models import decoder_only, pad_token_id
 
@@ -43,13 +44,13 @@ class PooledModel(nn.Module):
     def __init__(self, backbone: nn.Module, outputs: int, pooling: str) -> None:
         super().__init__()
         if pooling not in ("mean", "last"):
-            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+            raise UserError(f"pooling must be 'mean' or 'last', got {pooling!r}")
         self.backbone = backbone
         self.pooling = pooling
         config = getattr(backbone, "config", None)
         hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
         if not isinstance(hidden, int):
-            raise ValueError(f"cannot tell the hidden size of {type(backbone).__name__}")
+            raise UserError(f"cannot tell the hidden size of {type(backbone).__name__}")
         self.head = nn.Linear(hidden, outputs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: Any):

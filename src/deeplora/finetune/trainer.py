@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .. import _io
 from ..distributed import runtime
+from ..errors import UserError
 from .config import FinetuneConfig
 from .methods import Adapted
 from .tasks import Features, FinetuneTask, collate
@@ -96,7 +97,7 @@ class Trainer:
         self.batch_size = min(config.batch_size, len(features))
         self.rank, self.world = runtime.rank(), runtime.world_size()
         if self.batch_size % self.world:
-            raise ValueError(
+            raise UserError(
                 f"a batch of {self.batch_size} examples cannot be shared evenly by "
                 f"{self.world} processes; choose a batch size divisible by {self.world}"
             )
@@ -168,7 +169,7 @@ class Trainer:
                                       "averaging the loss") / self.world
             value = float(mean)
             if not math.isfinite(value):
-                raise ValueError(
+                raise UserError(
                     f"the training loss became {value} at step {self.step + 1}; lower the "
                     f"learning rate (it is {self.config.learning_rate:g})"
                 )
@@ -239,18 +240,18 @@ class Trainer:
         mine = {k: v for k, v in self.config.to_dict().items() if k not in FREE}
         changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{what} was written with other settings ({', '.join(changed)}); resume with "
                 "the same settings, or start again without --resume (--overwrite)"
             )
         processes = int(meta.get("processes", 1))
         if processes != self.world:
-            raise ValueError(
+            raise UserError(
                 f"{what} was written by {processes} process(es); resume with the same number "
                 f"(this run has {self.world})"
             )
         if meta["fingerprint"] != self.fingerprint:
-            raise ValueError(
+            raise UserError(
                 f"{what} was written for other training data; resume with the same data, or "
                 "start again without --resume (--overwrite)"
             )
@@ -260,7 +261,7 @@ class Trainer:
             for name, p in params.items():
                 value = tensors.get(f"param.{name}")
                 if value is None or value.shape != p.shape:
-                    raise ValueError(f"{what} does not match this model (parameter {name!r})")
+                    raise UserError(f"{what} does not match this model (parameter {name!r})")
                 p.copy_(value)
         state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
