@@ -136,7 +136,8 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
     ``checkpoint`` an interrupted one; without either, files of those names are the user's).
     Refused: a path that is a file or cannot be written; a folder holding other files, or a
     previous run, unless ``overwrite``; an interrupted run unless ``resume`` (to continue it)
-    or ``overwrite``; ``resume`` where there is no checkpoint to continue.
+    or ``overwrite``; ``resume`` of a finished run that left no checkpoint. ``resume`` into a
+    folder without a run starts one (so that a launch line can always carry ``--resume``).
     """
     from .errors import UserError
 
@@ -157,10 +158,9 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
             + ("to replace those named like its outputs and write beside the others"
                if set(foreign) & set(outputs) else "to write beside them")
         )
-    if resume and checkpoint not in present:
-        state = "a finished run and no checkpoint" if finished in present else "no checkpoint"
-        raise UserError(f"--out {out} holds {state}: there is nothing to resume; drop --resume "
-                        "to start a run" + (" (with --overwrite)" if present else ""))
+    if resume and finished in present and checkpoint not in present:
+        raise UserError(f"--out {out} holds a finished run and no checkpoint: there is nothing "
+                        "to resume; pass --overwrite to run it again or choose another --out")
     if finished in present and not (overwrite or resume):
         raise UserError(f"--out {out} holds a finished run ({finished}); pass --overwrite to "
                         "replace it or choose another --out")

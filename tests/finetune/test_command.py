@@ -40,6 +40,9 @@ def test_classification_run(models: dict[str, Path], files: dict[str, Path], tmp
     assert metrics["train_examples"] == 16 and metrics["steps"] == 4
     assert main(argv) == 2  # a finished run is not overwritten by accident
     assert "holds a finished run" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 2  # nor replaced by a resume with nothing to continue
+    assert "holds a finished run and no checkpoint: there is nothing to resume" in (
+        capsys.readouterr().err)
     assert main([*argv, "--overwrite", "--method", "lora"]) == 0
     assert json.loads((out / "metrics.json").read_text())["method"] == "lora"
     assert not (out / "peft").exists()
@@ -127,7 +130,6 @@ BAD_FINETUNE = [
     (["{train}", "--gamma", "0.1"], "gamma=0.1 has no effect with method='deep-lora', "
                                     "init='orthogonal'"),
     (["{train}", "--method", "full", "--rank", "4"], "rank=4 has no effect"),
-    (["{train}", "--resume"], "holds no checkpoint: there is nothing to resume"),
     (["{latin}"], "latin.csv line 2: not UTF-8 text; save the file as UTF-8"),
     (["{train}", "--eval", "{folder}"], "is not a file; give a .csv, .tsv or .jsonl file"),
     (["{train}", "--out", "{train}"], "is a file, not a folder; choose another --out"),
