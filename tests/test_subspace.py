@@ -94,7 +94,7 @@ def _projector(q):
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_identity_basis_equals_dense_construction_for_identity_init(exact):
-    """PAPER.md 3.2 is 3.1 specialised to the partial-identity init."""
+    """docs/METHOD.md 3.2 is 3.1 specialised to the partial-identity init."""
     m, n, w, eps, r_hat = 6, 9, 9, 1e-2, 2
     rng = np.random.default_rng(1)
     grad_f = torch.from_numpy(rng.standard_normal((m, n)))

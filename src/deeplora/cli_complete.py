@@ -203,10 +203,13 @@ def _complete(args: argparse.Namespace, *, main: bool) -> int:
               f"entries ({100 * obs.density:.2f}% observed)")
         print(f"split (seed {args.seed}): train {len(train):,}, validation "
               f"{len(val) if val else 0:,}, test {len(test) if test else 0:,}")
+    if args.resume and main and not (out / "checkpoint").is_dir():
+        print(f"--resume: no checkpoint in {out} yet; a new run starts")
     if overwrite and main:
         _io.remove_outputs(out, ("checkpoint",))
     model = complete(train, config, validation=val, val_fraction=0, center=center, clip=clip,
-                     checkpoint=out / "checkpoint", resume=args.resume)
+                     checkpoint=out / "checkpoint", resume=args.resume,
+                     make_solver=_solver_maker())
     if not main:
         return 0
     model.observed_rows, model.observed_cols = obs.rows, obs.cols  # top-k skips every input
@@ -250,6 +253,18 @@ def _complete(args: argparse.Namespace, *, main: bool) -> int:
     _io.write_json(out / "metrics.json", _io.json_safe(metrics))
     print(f"model and metrics written to {out}/")
     return 0
+
+
+def _solver_maker() -> Any:
+    """The sharded solver when this process is one rank of a torchrun job (the launcher has
+    joined the process group: :func:`deeplora.cli.launched`), else the default."""
+    from .distributed import runtime
+
+    if not runtime.active():
+        return None
+    from .distributed.completion import sharded_solver
+
+    return sharded_solver
 
 
 def _split(obs: Any, test_fraction: float, val_fraction: float,

@@ -10,7 +10,7 @@ map is ``chain(factors) = W_L ... W_2 W_1``.
 Theorem (section 2): with ``W_l(0) = eps * orthogonal`` and gradient descent on a rank-r
 problem, ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T`` for fixed orthonormal ``U_l, V_l``: only a
 2r-dimensional slice of each layer moves. :func:`compress_dense` (section 3.1) and
-:func:`compress_identity` (our sparse form, PAPER.md 3.2) build the outer bases of that slice;
+:func:`compress_identity` (our sparse form, docs/METHOD.md 3.2) build the outer bases of that slice;
 :func:`normalized_top_singular` (ours) reads its directions off a very sparse init gradient.
 """
 
@@ -263,7 +263,8 @@ def compress_dense(
 def compress_identity(
     u_e: torch.Tensor, v_e: torch.Tensor, shape: tuple[int, int], *, exact: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outer bases for the partial-identity init, without any dense m x n matrix (PAPER.md 3.2).
+    """Outer bases for the partial-identity init, without any dense m x n matrix
+    (docs/METHOD.md 3.2).
 
     With ``W_l(0) = eps * I`` (cut or padded), ``f(0) = eps^L J`` and the init gradient of
     ``W_1`` is ``E = grad_f l(f(0))`` padded with zero rows. For ``m <= n``:

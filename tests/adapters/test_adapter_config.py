@@ -1,4 +1,5 @@
-"""DeepLoraConfig: the paper's defaults and a clear ValueError for every bad value."""
+"""DeepLoraConfig: the measured defaults, the paper's one call away, and a clear ValueError for
+every bad value."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import re
 
 import pytest
 
-from deeplora.adapters import DeepLoraConfig
+from deeplora.adapters import DEFAULT_LR, PAPER_INIT_SCALE, PAPER_LR, DeepLoraConfig
 
 
-def test_defaults_are_the_papers() -> None:
+def test_defaults_are_the_measured_ones_and_the_papers_one_call_away() -> None:
     c = DeepLoraConfig()
-    assert (c.rank, c.depth, c.init_scale, c.init) == (8, 3, 1e-3, "orthogonal")
+    assert (c.rank, c.depth, c.init_scale, c.init) == (8, 3, 3e-2, "orthogonal")
     assert c.gamma == 1e-2 and c.dropout == 0.0 and c.target_modules == "query-value"
-    assert c.r_hat == 4
+    assert c.r_hat == 4 and c.eps == 3e-2
+    assert DeepLoraConfig(init="compressed").init_scale == 1e-3
+    paper = DeepLoraConfig.paper(rank=4)
+    assert (paper.init_scale, paper.rank, paper.depth) == (PAPER_INIT_SCALE, 4, 3) == (1e-3, 4, 3)
+    assert (DEFAULT_LR, PAPER_LR) == (1e-3, 1e-4)
 
 
 def test_round_trip_through_dict() -> None:

@@ -1,4 +1,5 @@
-"""Compressed init (PAPER.md 3.1, 3.2, 4): the 2 r_hat basis and the wide adapter's trajectory."""
+"""Compressed init (docs/METHOD.md 3.1, 3.2, 4.2): the 2 r_hat basis and the wide adapter's
+trajectory."""
 
 from __future__ import annotations
 

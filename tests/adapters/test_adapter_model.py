@@ -122,11 +122,11 @@ def test_a_module_both_targeted_and_trained_is_refused() -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_at_init_the_outputs_are_the_base_models(arch: Arch, dtype: torch.dtype) -> None:
     base = build(arch, dtype=dtype)
-    model = wrap(copy.deepcopy(base), DeepLoraConfig(target_modules="attention-mlp"))
+    model = wrap(copy.deepcopy(base), DeepLoraConfig.paper(target_modules="attention-mlp"))
     with torch.no_grad():
         expected, got = arch.logits(base), arch.logits(model)
     assert got.dtype == dtype
-    # dW(0) has norm ~eps^3 = 1e-9: below float32 resolution of these logits
+    # at the paper's eps, dW(0) has norm ~eps^3 = 1e-9: below float32 resolution of the logits
     torch.testing.assert_close(got, expected, atol=1e-6 if dtype == torch.float32 else 0.0, rtol=0)
 
 

@@ -143,7 +143,7 @@ def test_sparse_completion_equals_dense_computation():
 
 def test_completion_recovers_with_gamma_and_stalls_without():
     """gamma > 0 lets the outer bases turn towards the truth; gamma = 0 keeps the basis of
-    the init gradient, which for completion is not the target's subspace (PAPER.md 3.1)."""
+    the init gradient, which for completion is not the target's subspace (docs/METHOD.md 3.1)."""
     target = random_low_rank(40, 40, 2, seed=0)
     obs = sample_entries(target, fraction=0.35, seed=0)
     cfg = CompressedConfig.paper(rank=2, gamma=0.01, max_steps=30_000, target_error=1e-5,

@@ -171,7 +171,7 @@ def test_outside_is_zero_inside_the_slice_and_known_when_partly_outside():
 
 
 def test_wide_factorization_moves_only_the_predicted_slice():
-    """PAPER.md 2: W_l(t) - W_l(0) stays in span(U_l) x span(V_l) (2r wide), only 2r singular
+    """docs/METHOD.md 2: W_l(t) - W_l(0) stays in span(U_l) x span(V_l) (2r wide), only 2r singular
     values of each layer leave eps, and the top-r directions lie in the predicted slice."""
     d, r, eps = 12, 2, 1e-3
     target = random_low_rank(d, d, r, seed=1).to_dense()

@@ -1,10 +1,10 @@
-"""Configuration of a Deep LoRA adapter, with the paper's defaults (PAPER.md section 4).
+"""Configuration of a Deep LoRA adapter, with the measured defaults (docs/METHOD.md 4.3).
 
 Deep LoRA adds ``dW = W_L ... W_2 W_1`` to a frozen weight ``W0`` (``L = depth``, width
 ``k = rank``), each factor ``eps`` times a random semi-orthogonal matrix at init, with no
 alpha/r scaling. ``init="compressed"`` replaces the factors by
 ``left (d_out x k) @ Wt_L ... Wt_1 (k x k, eps I at init) @ right^T (k x d_in)``, read off one
-batch's gradient (PAPER.md 3.1 and 4); ``left``/``right`` then train at ``gamma * lr``.
+batch's gradient (docs/METHOD.md 3.1 and 4); ``left``/``right`` then train at ``gamma * lr``.
 
 Which modules are adapted (``target_modules``):
 
@@ -36,6 +36,17 @@ FactorInit = Literal["orthogonal", "identity"]
 
 INITS: tuple[str, ...] = ("orthogonal", "compressed", "wide")
 FACTOR_INITS: tuple[str, ...] = ("orthogonal", "identity")
+
+# The defaults (docs/METHOD.md 4.3): eps per init, and the Adam learning rates they go with.
+# Orthogonal: 3e-2 at lr 1e-3, chosen together on the few-shot benchmark's validation split
+# (docs/BENCHMARKS.md); compressed: the paper's eps 1e-3 at its inner lr 1e-2 (the outer
+# factors at gamma * lr); wide (an ablation): the paper's eps.
+DEFAULT_INIT_SCALE: dict[str, float] = {"orthogonal": 3e-2, "compressed": 1e-3, "wide": 1e-3}
+DEFAULT_LR = 1e-3
+DEFAULT_COMPRESSED_LR = 1e-2
+# The paper's setting (docs/METHOD.md 4.1): DeepLoraConfig.paper(), trained at PAPER_LR.
+PAPER_INIT_SCALE = 1e-3
+PAPER_LR = 1e-4
 
 # Leaf names of the attention query/value projections, by architecture.
 _QUERY_VALUE = (
@@ -97,13 +108,15 @@ def _check_patterns(value: Any, what: str, allow_none: bool) -> str | list[str] 
 
 @dataclass
 class DeepLoraConfig:
-    """Settings of one Deep LoRA adapter. Defaults are the paper's (PAPER.md section 4)."""
+    """Settings of one Deep LoRA adapter, at the measured defaults (docs/METHOD.md 4.3);
+    :meth:`paper` gives the paper's."""
 
     rank: int = 8  # width k of the factors; ignored by init="wide" (width min(d_in, d_out))
     depth: int = 3  # number L of factors in dW = W_L ... W_1 (inner factors if compressed)
-    init_scale: float = 1e-3  # eps: every factor starts as eps times a semi-orthogonal matrix
+    # eps: every factor starts as eps times a semi-orthogonal matrix; None: DEFAULT_INIT_SCALE
+    init_scale: float | None = None
     # "orthogonal": narrow (width rank), eps times random semi-orthogonal factors;
-    # "compressed": from one batch's gradient (PAPER.md 3.1/4; rank even, r_hat = rank / 2);
+    # "compressed": from one batch's gradient (docs/METHOD.md 3.1/4; rank even, r_hat = rank / 2);
     # "wide": width min(d_in, d_out), for ablations.
     init: InitKind = "orthogonal"
     # names, a regex, "all-linear" or a preset (see the module docstring)
@@ -141,6 +154,8 @@ class DeepLoraConfig:
                 f"init='compressed' builds a basis of 2 * r_hat columns, so rank must be even "
                 f"(got {self.rank}); use rank={self.rank - 1 or 2} or {self.rank + 1}"
             )
+        if self.init_scale is None:
+            self.init_scale = DEFAULT_INIT_SCALE[self.init]
         for name, low_open in (("init_scale", True), ("gamma", False)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -148,8 +163,8 @@ class DeepLoraConfig:
             if not math.isfinite(value) or value < 0 or (low_open and value == 0):
                 bound = "> 0" if low_open else ">= 0"
                 raise UserError(
-                    f"{name} must be finite and {bound}, got {value}; the paper uses "
-                    f"{'1e-3' if name == 'init_scale' else '1e-2'}"
+                    f"{name} must be finite and {bound}, got {value}; the default is "
+                    f"{DEFAULT_INIT_SCALE[self.init] if name == 'init_scale' else 1e-2:g}"
                 )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
             raise UserError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
@@ -169,9 +184,21 @@ class DeepLoraConfig:
         trained = _check_patterns(list(self.modules_to_train), "modules_to_train", True)
         self.modules_to_train = list(trained or [])
 
+    @classmethod
+    def paper(cls, **settings: Any) -> DeepLoraConfig:
+        """The paper's Deep LoRA (docs/METHOD.md 4.1): eps 1e-3, to train at ``PAPER_LR``
+        (1e-4) for 200-1000 steps; ``settings`` set the other fields."""
+        return cls(**{"init_scale": PAPER_INIT_SCALE, **settings})
+
+    @property
+    def eps(self) -> float:
+        """The init scale ``eps`` (``init_scale``, resolved)."""
+        assert self.init_scale is not None
+        return self.init_scale
+
     @property
     def r_hat(self) -> int:
-        """The assumed rank of the compressed init: half the width (PAPER.md 4)."""
+        """The assumed rank of the compressed init: half the width (docs/METHOD.md 4)."""
         return self.rank // 2
 
     def to_dict(self) -> dict[str, Any]:

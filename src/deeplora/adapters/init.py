@@ -1,12 +1,12 @@
 """Compressed init of Deep LoRA from one batch's gradient, without building wide factors.
 
-Reference: PAPER.md 3.1 (the authors' construction), 3.2 (the same without dense factors) and
+Reference: docs/METHOD.md 3.1 (the authors' construction), 3.2 (the same without dense factors) and
 4 (compressed Deep LoRA). The authors build the wide adapter (width ``min(d_in, d_out)``, every
 factor ``eps`` times a semi-orthogonal matrix), take the gradient of its first factor on the
 first training batch and run :func:`deeplora.subspace.compress_dense` per layer; the wide
 factors alone run out of memory on large layers.
 
-We take the wide adapter at its partial-identity init (a valid orthogonal choice, PAPER.md
+We take the wide adapter at its partial-identity init (a valid orthogonal choice, docs/METHOD.md
 3.2): then ``dW(0) = eps^L J`` (``J`` the ``d_out x d_in`` partial identity) and the gradient
 of its first factor is ``eps^(L-1)`` times ``G = dL/dW`` at ``W0 + eps^L J``, the gradient
 full fine-tuning would compute for that layer. For ``d_out <= d_in``
@@ -110,7 +110,7 @@ class _LayerCapture:
             if self.d_in >= self.d_out
             else F.pad(x, (0, self.d_out - self.d_in))
         )
-        scale = self.config.init_scale**self.config.depth
+        scale = self.config.eps**self.config.depth
         out = out + (scale * jx.to(self.dtype)).to(out.dtype)
         # a zero leaf makes the output require grad even when everything before is frozen
         out = out + torch.zeros((), dtype=out.dtype, device=out.device, requires_grad=True)
@@ -158,7 +158,7 @@ def compressed_branch(grad: torch.Tensor, config: DeepLoraConfig) -> DeepLoraBra
         u, v = top_singular_vectors(grad.T, r_hat, seed=config.seed)
         small, big = compress_identity(u, v, (d_in, d_out))
         left, right = big, small
-    eye = config.init_scale * torch.eye(k, dtype=torch.float64)
+    eye = config.eps * torch.eye(k, dtype=torch.float64)
     factors = [right.T, *([eye] * config.depth), left]
     outer = [True] + [False] * config.depth + [True]
     return DeepLoraBranch(

@@ -5,7 +5,7 @@ Our format (a folder): ``deeplora_adapter.safetensors`` with every factor
 (``trained.<module path>.<key>``), and ``deeplora_adapter.json`` with the kind, the format
 version, the config and each layer's factor shapes. Both are written atomically, the JSON last.
 
-PEFT export (PAPER.md 4: a Deep LoRA update is a low-rank ``dW``): for each layer the exact
+PEFT export (docs/METHOD.md 4: a Deep LoRA update is a low-rank ``dW``): for each layer the exact
 SVD ``dW = U S V^T`` (from the factors) gives ``lora_B = U_r S_r^(1/2)`` and
 ``lora_A = S_r^(1/2) V_r^T``, so ``lora_B lora_A = dW_r`` with PEFT's scaling
 ``lora_alpha / r = 1`` (per-layer ranks through ``rank_pattern``/``alpha_pattern``). The export

@@ -1,6 +1,6 @@
 """The Deep LoRA layer: a frozen ``nn.Linear`` or Hugging Face ``Conv1D`` plus named adapters.
 
-Reference: Yaras, Wang, Balzano, Qu, ICML 2024 (arXiv 2406.04112), section 4 (PAPER.md 4).
+Reference: Yaras, Wang, Balzano, Qu, ICML 2024 (arXiv 2406.04112), section 4 (docs/METHOD.md 4).
 
 ::
 
@@ -95,7 +95,7 @@ class DeepLoraBranch(nn.Module):
     """One adapter on one layer: ``dW = W_n ... W_1`` with ``factors = [W_1, ..., W_n]``.
 
     ``outer[i]`` marks the factors that train at ``gamma * lr`` (the ``left``/``right`` bases
-    of a compressed adapter, PAPER.md 3.1 step 6).
+    of a compressed adapter, docs/METHOD.md 3.1).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Deep LoRA on a whole model: inject, switch, count, group for the optimizer, merge, unload.
 
-Reference: PAPER.md section 4. The functions work on any ``nn.Module`` in place (in the spirit
+Reference: docs/METHOD.md 4. The functions work on any ``nn.Module`` in place (in the spirit
 of minLoRA and PEFT's ``inject_adapter_in_model``): :func:`wrap` replaces each target
 ``nn.Linear`` / ``Conv1D`` by a :class:`~deeplora.adapters.layer.DeepLoraLayer` at the same
 path, freezes every base parameter and makes the new adapter the active, trainable one.
@@ -278,7 +278,7 @@ def _build_branches(
             d_in,
             width,
             config.depth,
-            config.init_scale,
+            config.eps,
             init=config.factor_init,
             generator=generator,
             dtype=factor_dtype(layer.weight.dtype),
@@ -354,7 +354,7 @@ def wrap(
     adapter_name: str = "default",
     loss_fn: LossFn | None = None,
 ) -> nn.Module:
-    """Add a Deep LoRA adapter to ``model`` in place and return it (PAPER.md 4).
+    """Add a Deep LoRA adapter to ``model`` in place and return it (docs/METHOD.md 4).
 
     Each target layer gets ``dW = W_L ... W_1`` with ``eps``-scaled semi-orthogonal factors
     (``init="orthogonal"``/``"wide"``); ``init="compressed"`` needs ``loss_fn(model) -> loss``
@@ -463,7 +463,7 @@ def parameter_groups(
     model: nn.Module, lr: float, *, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups: everything trainable at ``lr``, except the outer factors of
-    compressed adapters at ``gamma * lr`` (PAPER.md 3.1 step 6; ``gamma`` from each adapter's
+    compressed adapters at ``gamma * lr`` (docs/METHOD.md 3.1; ``gamma`` from each adapter's
     config). Pass the result to any ``torch.optim`` optimizer."""
     if not lr > 0:
         raise UserError(f"lr must be > 0, got {lr}")

@@ -1,6 +1,6 @@
 """Spectra of the learned updates ``dW``: effective rank and post-training truncation.
 
-Reference: PAPER.md 4 (Deep LoRA learns updates of low effective rank: in the authors' runs 40
+Reference: docs/METHOD.md 4 (Deep LoRA learns updates of low effective rank: in the authors' runs 40
 of 74 updates had spectral norm <= 1e-3 and most others rank 1-4). Singular values come from
 the exact SVD of each ``dW`` computed from its factors
 (:meth:`deeplora.adapters.layer.DeepLoraBranch.svd`), never from a dense ``dW``.

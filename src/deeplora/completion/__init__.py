@@ -1,4 +1,4 @@
-"""Deep overparameterized matrix completion, factorization and sensing (PAPER.md 1-3).
+"""Deep overparameterized matrix completion, factorization and sensing (docs/METHOD.md 1-3).
 
 >>> from deeplora.completion import Observations, CompressedConfig, complete
 >>> obs = Observations.from_csv("ratings.csv")                  # doctest: +SKIP

@@ -1,4 +1,4 @@
-"""Compressed deep factorization: train only the 2 r_hat-wide slice that moves (PAPER.md 3).
+"""Compressed deep factorization: train only the 2 r_hat-wide slice that moves (docs/METHOD.md 3).
 
     f_c = UL1 @ Wt_L ... Wt_1 @ V11^T,   UL1: m x 2r_hat,  Wt_l: 2r_hat x 2r_hat,  V11: n x 2r_hat,
     Wt_l(0) = eps * I,
@@ -8,7 +8,7 @@ Gradient descent updates the inner ``Wt_l`` with step ``lr`` and the outer ``UL1
 the discrepant step ``gamma * lr`` (section 3.1): ``gamma = 0`` reproduces the wide
 trajectory for factorization; completion needs ``gamma > 0`` (the paper's 0.01).
 
-``init="identity"`` (default) is our scalable form (PAPER.md 3.2): the basis comes from a
+``init="identity"`` (default) is our scalable form (docs/METHOD.md 3.2): the basis comes from a
 truncated sparse SVD of ``E = grad_f l(eps^L J)``, and a completion step costs
 O(|Omega| r_hat + (m + n) r_hat^2 + L r_hat^3) without any m x n matrix. ``init="orthogonal"``
 follows the authors' dense construction from a random orthogonal wide init (small sizes).

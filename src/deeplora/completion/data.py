@@ -1,5 +1,5 @@
 """Observed entries of a partly known matrix, validated once at the boundary, and synthetic
-low-rank targets (PAPER.md section 1).
+low-rank targets (docs/METHOD.md 1).
 
 :class:`Observations` holds ``(rows, cols, values)`` as index arrays into an ``m x n`` matrix,
 plus the row and column IDs those indices stand for (user and item IDs of a ratings table,

@@ -21,6 +21,7 @@ Centering (``center``) decides what the low-rank model should not spend its rank
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Literal
 
@@ -40,6 +41,12 @@ CENTERS = ("joint", "none", "mean", "biases")
 #: Fraction of ``train`` held out for early stopping when no validation part is given.
 DEFAULT_VAL_FRACTION = 0.1
 
+#: Builds the solver from the (centred) training entries: ``(train, config, joint=...,
+#: truth=..., validation=...)``. :func:`local_solver` by default;
+#: :func:`deeplora.distributed.completion.sharded_solver` shares the entries among the ranks
+#: of a torch.distributed process group.
+SolverFactory = Callable[..., GradientDescent]
+
 
 def complete(
     train: Observations,
@@ -53,6 +60,7 @@ def complete(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 1000,
     resume: bool = False,
+    make_solver: SolverFactory | None = None,
 ) -> CompletionModel:
     """Complete the matrix behind ``train`` by a deep factorization.
 
@@ -62,9 +70,10 @@ def complete(
     ``config.seed`` (``val_fraction=0``: none, and no early stopping); ``config.patience``
     stops early on it and keeps the best factors.
 
-    Inside a torch.distributed process group (``torchrun``), every rank calls this with the
-    same data; each trains on its share of the entries (:mod:`deeplora.distributed.completion`)
-    and all return the same model. Only rank 0 writes the checkpoint.
+    ``make_solver`` builds the solver (:func:`local_solver`: this process, all entries). Under
+    ``torchrun`` pass :func:`deeplora.distributed.completion.sharded_solver`: every rank calls
+    this with the same data, trains on its share of the entries, and all return the same
+    model; only rank 0 writes the checkpoint.
     """
     config = config if config is not None else CompressedConfig()
     if not isinstance(config, CompressedConfig | WideConfig):
@@ -90,8 +99,8 @@ def complete(
     residual = centered(train, offset, row_bias, col_bias)
     val_residual = None if validation is None else centered(validation, offset, row_bias,
                                                             col_bias)
-    solver = _solver(residual, config, joint=center == "joint", truth=truth,
-                     validation=val_residual)
+    solver = (make_solver or local_solver)(residual, config, joint=center == "joint",
+                                           truth=truth, validation=val_residual)
     result = solver.run(checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         resume=resume)
     if result.offsets is not None:
@@ -109,22 +118,11 @@ def complete(
     )
 
 
-def _solver(train: Observations, config: CompressedConfig | WideConfig, *, joint: bool,
-            truth: LowRankMatrix | np.ndarray | None,
-            validation: Observations | None) -> GradientDescent:
-    """The solver for ``config``: on this process's share of the entries when launched with
-    torchrun, else on all of them."""
-    from ..distributed import runtime
-
-    if runtime.active():  # launched with torchrun: every rank trains on its share of Omega
-        from ..distributed.completion import DistributedCompressedSolver, ShardedCompletion, shard
-
-        if not isinstance(config, CompressedConfig):
-            raise UserError("only the compressed solver runs on several processes; use "
-                             "CompressedConfig (--solver compressed) or launch one process")
-        share = shard(train, runtime.rank(), runtime.world_size())
-        problem = ShardedCompletion(share, config.torch_dtype, offsets=joint)
-        return DistributedCompressedSolver(problem, config, truth=truth, validation=validation)
+def local_solver(train: Observations, config: CompressedConfig | WideConfig, *, joint: bool,
+                 truth: LowRankMatrix | np.ndarray | None = None,
+                 validation: Observations | None = None) -> GradientDescent:
+    """The solver for ``config`` on all of ``train``, in this process (``joint``: learn the
+    offsets with the factorization)."""
     objective = Completion(train, config.torch_dtype, offsets=joint)
     if isinstance(config, CompressedConfig):
         return CompressedSolver(objective, config, truth=truth, validation=validation)

@@ -1,4 +1,4 @@
-"""The three recovery problems of PAPER.md section 1 as losses of the end-to-end matrix f.
+"""The three recovery problems of docs/METHOD.md 1 as losses of the end-to-end matrix f.
 
 Loss normalisation (one for all problems): the plain sum
 

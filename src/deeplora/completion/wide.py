@@ -1,4 +1,4 @@
-"""The wide deep factorization: the reference the compressed solver must match (PAPER.md 1).
+"""The wide deep factorization: the reference the compressed solver must match (docs/METHOD.md 1).
 
     f(Theta) = W_L ... W_2 W_1,   W_1: w x n,  W_l: w x w,  W_L: m x w,
     W_l(0) = eps * (semi-)orthogonal,

@@ -1,4 +1,4 @@
-"""Diagnostics: watch the invariant low-rank subspaces form while training (PAPER.md 2, 4.1).
+"""Diagnostics: watch the invariant low-rank subspaces form while training (docs/METHOD.md 2, 4.1).
 
 :class:`SubspaceRecorder` samples the singular values, subspace alignment, effective rank and
 (for deep factorizations) the part of each change outside the predicted slice, from any

@@ -6,31 +6,31 @@ atomically (a temporary file beside each, moved into place), closes its figure a
 deeplora never needs a display. Bad input raises ``ValueError`` saying what is wrong and what
 to pass instead.
 
-The figures and the part of PAPER.md each one illustrates:
+The figures and the part of docs/METHOD.md each one illustrates:
 
 :func:`plot_singular_values`
     One panel per tracked matrix: its top-k singular values (or those of each factor, with
     ``factors=True``) against the training step, log y. For a deep factorization with
-    eps-orthogonal init only about 2r of them move while the rest stay at eps (PAPER.md 2, the
+    eps-orthogonal init only about 2r of them move while the rest stay at eps (docs/METHOD.md 2, the
     compressible dynamics); for Deep LoRA the singular values of each ``dW`` grow one at a
-    time, so few leave zero (PAPER.md 1 "Why depth", and 4).
+    time, so few leave zero (docs/METHOD.md 1 "Why depth", and 4).
 :func:`plot_alignment`
     One panel per tracked matrix: the cosines of the principal angles between its current
     top-k left / right singular subspaces and a reference (the final subspaces, or those
     predicted at init), y in [0, 1]. Curves that sit near 1 from early on show the subspace
-    is fixed early (PAPER.md 2: the moving subspace is decided at t = 0).
+    is fixed early (docs/METHOD.md 2: the moving subspace is decided at t = 0).
 :func:`plot_effective_rank_histogram`
     Grouped bars: how many learned updates have each effective rank, one colour per method
-    (PAPER.md 4.1: every LoRA update has rank 8, most Deep LoRA updates rank 0-4).
+    (docs/METHOD.md 4.1: every LoRA update has rank 8, most Deep LoRA updates rank 0-4).
 :func:`plot_recovery`
     Relative recovery error ``||f - Phi||_F / ||Phi||_F`` (log) against gradient steps and
     against wall seconds, one curve per run (wide vs compressed, with and without gamma:
-    PAPER.md 3.1 and 3.3).
+    docs/METHOD.md 3.1 and 3.3).
 :func:`plot_fewshot`
     Few-shot test accuracy (mean ± std over seeds) against the number of examples and against
-    the rank, one marker per method (PAPER.md 4 "What users get" and the STS-B tables of 4.1).
+    the rank, one marker per method (docs/METHOD.md 4 and the STS-B figures of 4.1).
 :func:`plot_lines`
-    A generic labelled line plot for the sweeps of PAPER.md 3.3 (error against width for
+    A generic labelled line plot for the sweeps of docs/METHOD.md 3.3 (error against width for
     depth 2 vs 3, steps against r_hat, ...).
 """
 
@@ -262,9 +262,9 @@ def plot_singular_values(
     """One panel per layer: the top-k singular values of ``M = W_L ... W_1`` against the step
     (or, with ``factors=True``, those of each factor ``W_l``, one colour per factor), log y.
 
-    PAPER.md 2: with eps-orthogonal init only ~2r singular values of each factor move; the
+    docs/METHOD.md 2: with eps-orthogonal init only ~2r singular values of each factor move; the
     others stay at eps. Zero or missing values (nan padding) are left out of the log axis. A
-    dotted line marks the effective-rank threshold ``recording.meta["rank_atol"]`` (PAPER.md
+    dotted line marks the effective-rank threshold ``recording.meta["rank_atol"]`` (docs/METHOD.md
     4.1) in the panels whose values come within a decade of it.
     """
     _stem(stem)
@@ -272,7 +272,7 @@ def plot_singular_values(
     field = "factor_singular_values" if factors else "singular_values"
     data = {n: _positive(_trace(recording, n, field, 3 if factors else 2, steps.size))
             for n in names}  # fmt: skip
-    # the effective-rank threshold (PAPER.md 4.1), drawn on the spectra of the matrices
+    # the effective-rank threshold (docs/METHOD.md 4.1), drawn on the spectra of the matrices
     atol = recording.meta.get("rank_atol") if isinstance(recording.meta, dict) else None
     threshold = None
     if not factors and isinstance(atol, int | float) and math.isfinite(atol) and atol > 0:
@@ -342,7 +342,7 @@ def plot_alignment(
     """One panel per layer: the cosines of the principal angles between the current top-k left
     (solid) and right (dashed) singular subspaces and the reference's, against the step.
 
-    ``cos theta_i = sigma_i(U_ref^T U(t))``; 1 means aligned. PAPER.md 2: the subspace that
+    ``cos theta_i = sigma_i(U_ref^T U(t))``; 1 means aligned. docs/METHOD.md 2: the subspace that
     moves is fixed at t = 0, so the cosines against the final subspaces reach 1 early.
     """
     _stem(stem)
@@ -393,7 +393,7 @@ def plot_effective_rank_histogram(
 ) -> list[Path]:
     """Grouped bars: for each effective rank, how many updates have it, one colour per method.
 
-    PAPER.md 4.1: every LoRA update has rank 8, while most Deep LoRA updates have rank 0-4.
+    docs/METHOD.md 4.1: every LoRA update has rank 8, while most Deep LoRA updates have rank 0-4.
     """
     _stem(stem)
     if not ranks:
@@ -443,7 +443,7 @@ def plot_recovery(
     title: str | None = None,
 ) -> list[Path]:
     """Two panels: the relative recovery error ``||f - Phi||_F / ||Phi||_F`` (log) against
-    gradient steps and against wall seconds, one curve per run (PAPER.md 3.3).
+    gradient steps and against wall seconds, one curve per run (docs/METHOD.md 3.3).
 
     Each curve needs ``"step"``, ``"seconds"`` and ``"rel_error"`` of one length (a completion
     ``History.to_dict()`` has them); curves may differ in length. Entries whose error is nan,
@@ -512,7 +512,7 @@ def plot_fewshot(
 ) -> list[Path]:
     """Few-shot test accuracy (mean ± std over seeds): against the number of examples ``n``
     at ``base_rank`` (left), and against the rank at ``n = rank_n`` (right), one marker per
-    method, with the majority-class accuracy as a dotted line (PAPER.md 4.1).
+    method, with the majority-class accuracy as a dotted line (docs/METHOD.md 4.1).
 
     ``summary["cells"]`` holds ``{"method", "n", "rank", "accuracy": {"mean", "std"}}`` per
     cell (``deeplora.bench.fewshot.aggregate``); cells with no mean are left out. ``labels``
@@ -580,7 +580,7 @@ def plot_lines(
     markers: bool = True,
 ) -> list[Path]:
     """A labelled line plot, one line per ``label: (xs, ys)`` (error against width for depth
-    2 vs 3, steps against r_hat, ...: PAPER.md 3.3). Non-finite points are skipped, and so
+    2 vs 3, steps against r_hat, ...: docs/METHOD.md 3.3). Non-finite points are skipped, and so
     are non-positive ones on a log axis."""
     _stem(stem)
     if not series:

@@ -1,5 +1,5 @@
 """Record how the learned low-rank updates evolve: spectra, subspace alignment, effective rank,
-and the part of each change outside the predicted slice (PAPER.md 2 and 4.1).
+and the part of each change outside the predicted slice (docs/METHOD.md 2 and 4.1).
 
 A *source* returns the current factors ``[W_1, ..., W_L]`` of one tracked matrix
 ``M = W_L ... W_1`` (a Deep LoRA ``dW``, a PEFT LoRA ``scaling * B A``, one layer or the
@@ -14,19 +14,20 @@ scheduled step :class:`SubspaceRecorder` reads every source and stores, per matr
   an orthogonal one. The reference is the last record's top-k (``"final"``: how early the
   final subspace is found), the first record's (``"first"``), a given pair per matrix (e.g. the
   slice predicted at init), or ``"predicted"`` (the ``slices`` below);
-- the effective rank (PAPER.md 4.1: in the authors' runs most Deep LoRA updates had spectral
+- the effective rank (docs/METHOD.md 4.1: in the authors' runs most Deep LoRA updates had spectral
   norm <= 1e-3 or rank 1-4): ``#{i : s_i > rank_atol}`` and ``#{i : s_i > rank_rtol * s_1}``;
 - optionally, with a slice ``(M0, U, V)`` (orthonormal ``U``, ``V``), the relative part of the
   change ``D = M(t) - M0`` outside ``span(U) x span(V)``:
-  ``outside = ||D - U U^T D V V^T||_F / ||D||_F`` (0 when ``D = 0``). The theorem of PAPER.md 2
-  says that under gradient descent on a deep factorization from an eps-orthogonal init only
-  the 2 r_hat-wide slice of each layer moves, ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T``:
+  ``outside = ||D - U U^T D V V^T||_F / ||D||_F`` (0 when ``D = 0``). The theorem of
+  docs/METHOD.md 2 says that under gradient descent on a deep factorization from an
+  eps-orthogonal init only the 2 r_hat-wide slice of each layer moves,
+  ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T``:
   ``outside`` stays near zero (for factorization only the common scale of the eps block
   drifts, by O(lr eps^5) per step: ~5e-10 of the change in our 12 x 12, eps = 1e-3 test; for
   completion the slice is invariant only approximately), and all but 2 r_hat singular values
   of each layer stay at eps.
   :meth:`SubspaceRecorder.from_solver` with ``r_hat`` builds these slices from the init
-  (:func:`predicted_bases`, PAPER.md 3.1).
+  (:func:`predicted_bases`, docs/METHOD.md 3.1).
 
 Cost of one record, per matrix with factors of sizes ``d_l x d_{l-1}`` and narrowest inner
 width ``w``: when ``w < min(d_out, d_in)`` (LoRA-like) the SVD never forms ``M``: two thin QRs
@@ -292,7 +293,7 @@ def predicted_bases(
     weights0: Sequence[torch.Tensor], grad_first: torch.Tensor, r_hat: int, eps: float
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer ``l`` the orthonormal ``(U_l, V_l)`` (2 r_hat columns) of the slice that moves
-    (PAPER.md 2 and 3.1), from the init weights ``W_l(0) = eps * orthogonal`` and the init
+    (docs/METHOD.md 2 and 3.1), from the init weights ``W_l(0) = eps * orthogonal`` and the init
     gradient ``grad_first`` of ``W_1``:
     ``V_1 = V11 = orth([V_G, W_1(0)^T U_G / eps])`` (:func:`deeplora.subspace.compress_dense`),
     ``U_l = W_l(0) V_l / eps`` (orthonormalised; exactly orthonormal already when ``W_l(0)``
@@ -526,7 +527,7 @@ class SubspaceRecorder:
         reference: ``"final"`` (the last record's top-k), ``"first"`` (the first record's),
             ``"predicted"`` (each slice's ``(U, V)``; needs ``slices`` for every source), or a
             mapping name -> ``(U_ref, V_ref)`` for every source.
-        rank_atol: effective rank counts ``s_i > rank_atol`` (PAPER.md 4.1 uses 1e-3).
+        rank_atol: effective rank counts ``s_i > rank_atol`` (docs/METHOD.md 4.1 uses 1e-3).
         rank_rtol: and ``s_i > rank_rtol * s_1``.
         slices: name -> ``(M0, U, V)``: also record ``outside`` for those matrices.
     """

@@ -2,7 +2,7 @@
 
 Every rank holds the small factors in full (``UL1``: m x 2r_hat, ``V11``: n x 2r_hat and the
 inner 2r_hat x 2r_hat factors, identical on all ranks) and one share of Omega. The loss and
-the two sparse-dense products of a step (PAPER.md 3.2) are sums over Omega, so each rank
+the two sparse-dense products of a step (docs/METHOD.md 3.2) are sums over Omega, so each rank
 computes them on its share and one all-reduce adds them up::
 
     loss = sum_ranks loss_r,   R V = sum_ranks R_r V,   R^T A = sum_ranks R_r^T A
@@ -36,6 +36,7 @@ from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import LowRankMatrix, Observations
 from ..completion.objectives import Completion
 from ..completion.offsets import DEFAULT_OFFSET_REG
+from ..completion.wide import WideConfig
 from ..errors import UserError
 from . import runtime
 
@@ -154,3 +155,17 @@ class DistributedCompressedSolver(CompressedSolver):
         if runtime.rank() == 0:
             super().save_checkpoint(folder)
         runtime.barrier("writing the checkpoint")
+
+
+def sharded_solver(train: Observations, config: CompressedConfig | WideConfig, *, joint: bool,
+                   truth: LowRankMatrix | np.ndarray | None = None,
+                   validation: Observations | None = None) -> DistributedCompressedSolver:
+    """The solver of :func:`deeplora.completion.complete` under ``torchrun``
+    (``complete(..., make_solver=sharded_solver)``): this rank's share of ``train``, with the
+    sums over the entries reduced across the ranks."""
+    if not isinstance(config, CompressedConfig):
+        raise UserError("only the compressed solver runs on several processes; use "
+                        "CompressedConfig (--solver compressed) or launch one process")
+    share = shard(train, runtime.rank(), runtime.world_size())
+    problem = ShardedCompletion(share, config.torch_dtype, offsets=joint)
+    return DistributedCompressedSolver(problem, config, truth=truth, validation=validation)

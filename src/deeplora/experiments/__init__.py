@@ -65,19 +65,19 @@ EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
         Experiment("invariance", "Only 2r singular values of each layer move (factorization)",
-                   "PAPER.md 2", "invariance"),
+                   "docs/METHOD.md 2", "invariance"),
         Experiment("trajectories", "Wide vs compressed trajectories, with and without gamma",
-                   "PAPER.md 3.1, 3.3", "trajectories"),
+                   "docs/METHOD.md 3.1, 3.3", "trajectories"),
         Experiment("rank-sweep", "r_hat sweep: compressed vs a narrow random-init network",
-                   "PAPER.md 3.3", "rank_sweep"),
-        Experiment("depth-width", "Depth 2 vs depth 3 across widths", "PAPER.md 3.3",
+                   "docs/METHOD.md 3.3", "rank_sweep"),
+        Experiment("depth-width", "Depth 2 vs depth 3 across widths", "docs/METHOD.md 3.3",
                    "depth_width"),
-        Experiment("fewshot", "Deep LoRA vs LoRA against examples and rank", "PAPER.md 4.1",
+        Experiment("fewshot", "Deep LoRA vs LoRA against examples and rank", "docs/METHOD.md 4.1",
                    "fewshot"),
-        Experiment("effective-rank", "Effective rank of the learned updates", "PAPER.md 4.1",
+        Experiment("effective-rank", "Effective rank of the learned updates", "docs/METHOD.md 4.1",
                    "effective_rank"),
         Experiment("intro", "Singular values and subspace alignment of each dW (MiniLM)",
-                   "PAPER.md 2, 4", "intro"),
+                   "docs/METHOD.md 2, 4", "intro"),
     )
 }
 

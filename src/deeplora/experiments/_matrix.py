@@ -1,6 +1,6 @@
 """What the matrix experiments (invariance, trajectories, rank-sweep, depth-width) share:
 the synthetic problems, timed solver runs, and the figures read off a run's history
-(PAPER.md 1-3).
+(docs/METHOD.md 1-3).
 
 Problems follow ``deeplora bench completion``: the target is ``Phi = X Y^T / r``
 (:func:`deeplora.completion.random_low_rank`, seeded), its observed entries are drawn from a

@@ -13,7 +13,7 @@ from ..bench.fewshot import LABEL, TEXT, stratified
 from ..finetune import FinetuneConfig, load_reviews
 
 PREFIXES = ("base_model.model.", "backbone.")  # PEFT's wrapper, the task model's backbone
-# Deep LoRA in both: the paper's init scale (PAPER.md 4), not the library's default, at a rate
+# Deep LoRA in both: the paper's init scale (docs/METHOD.md 4), not the library's default, at a rate
 # with which its factors leave that init in tens of steps (the paper's 1e-4 needs ~1000)
 PAPER_EPS = 1e-3
 PAPER_EPS_LR = 3e-3

@@ -1,4 +1,4 @@
-"""Experiment 4 (PAPER.md 1 "Why depth", 3.3): depth 2 against depth 3 across widths.
+"""Experiment 4 (docs/METHOD.md 1 "Why depth", 3.3): depth 2 against depth 3 across widths.
 
 Completion of a 100 x 100 rank-10 target ``Phi = X Y^T / r`` from a uniform 30% of its
 entries (the paper's setting: 1.6 observations per degree of freedom ``r (2d - r)``), by the

@@ -1,4 +1,4 @@
-"""Experiment 6 (PAPER.md 4.1): the effective rank of the learned updates, PEFT LoRA against
+"""Experiment 6 (docs/METHOD.md 4.1): the effective rank of the learned updates, PEFT LoRA against
 Deep LoRA.
 
 Both methods fine-tune all-MiniLM-L6-v2 on n = 256 Amazon reviews (the same sample, head init

@@ -1,4 +1,4 @@
-"""Experiment 5 (PAPER.md 4.1): Deep LoRA against PEFT's LoRA as the number of training
+"""Experiment 5 (docs/METHOD.md 4.1): Deep LoRA against PEFT's LoRA as the number of training
 examples n and the rank change, through the few-shot benchmark harness
 (:mod:`deeplora.bench.fewshot`: the same data split, cells, lr selection, workers, run log and
 aggregation as ``deeplora bench fewshot``).
@@ -60,7 +60,7 @@ DEFAULT = Settings(ns=(16, 64), ranks=(8, 16, 64), seeds=2, selection_seeds=1,
                    test_size=500, workers=2)  # fmt: skip
 FULL = replace(Settings(), **BENCH_FULL)  # type: ignore[arg-type]
 
-# PAPER.md 4.1 (BERT-base, STS-B Pearson correlation, mean ± std over seeds)
+# docs/METHOD.md 4.1 (BERT-base, STS-B Pearson correlation, mean ± std over seeds)
 PAPER_BY_N: dict[int, dict[str, tuple[float, float]]] = {
     16: {"lora": (0.529, 0.122), "deep-lora": (0.598, 0.103)},
     64: {"lora": (0.735, 0.037), "deep-lora": (0.751, 0.035)},
@@ -87,7 +87,7 @@ def _paper() -> dict[str, Any]:
         return max(values) - min(values)
 
     return {
-        "source": "PAPER.md 4.1: BERT-base on STS-B, Pearson correlation (not accuracy)",
+        "source": "docs/METHOD.md 4.1: BERT-base on STS-B, Pearson correlation (not accuracy)",
         "by_n": {str(n): {m: {"mean": v[0], "std": v[1]} for m, v in d.items()}
                  for n, d in PAPER_BY_N.items()},
         "by_rank": {"n": PAPER_RANK_N, **{str(r): d for r, d in PAPER_BY_RANK.items()}},

@@ -1,4 +1,4 @@
-"""Experiment 7 (PAPER.md 2 and 4): the introduction's figure on a pretrained encoder.
+"""Experiment 7 (docs/METHOD.md 2 and 4): the introduction's figure on a pretrained encoder.
 
 Deep LoRA (rank 8, depth 3, the paper's eps 1e-3 at lr 3e-3, fixed here; the library's
 defaults are eps 3e-2 and lr 1e-3, chosen later for accuracy) fine-tunes all-MiniLM-L6-v2 on
@@ -15,7 +15,8 @@ any k above r, most cosines belong to directions whose singular values stay near
 carry no signal (their order among themselves is noise). The ``alignment`` figure and
 ``alignment.npz`` hold, per update, the cosines at its own r.
 
-What the paper predicts (PAPER.md 2, proved for gradient descent on deep matrix factorization):
+What the paper predicts (docs/METHOD.md 2, proved for gradient descent on deep matrix
+factorization):
 only a low-dimensional subspace of each factor moves and it is fixed early, so a few singular
 values of ``dW`` grow while the rest stay near ``eps^3 = 1e-9``, and the top singular
 subspaces reach their final positions before the singular values have grown. Here the
@@ -201,7 +202,8 @@ def run(ctx: Context) -> dict[str, Any]:
         f"recorder: {per_record * 1e3:.1f} ms per record ({len(recorders)} recorders, "
         f"{len(names)} updates) against {per_step * 1e3:.0f} ms per training step; "
         f"{len(steps)} records cost {overhead:.1%} of the training time",
-        "paper (PAPER.md 2, exact for gradient descent on matrix factorization): a few singular "
+        "paper (docs/METHOD.md 2, exact for gradient descent on matrix factorization): a few "
+        "singular "
         "values move, the rest stay at eps^3; the moving subspace is fixed early",
     ]
     if ctx.size == "smoke":

@@ -1,4 +1,4 @@
-"""Experiment 1 (PAPER.md 2): in deep matrix factorization only 2r singular values of each
+"""Experiment 1 (docs/METHOD.md 2): in deep matrix factorization only 2r singular values of each
 layer move; the rest stay at eps.
 
 Setting: factorization (every entry observed) of a d x d rank-r target ``Phi = X Y^T / r``
@@ -54,7 +54,7 @@ TARGET_ERROR = 1e-6
 PAPER = {
     "claim": "only 2r singular values of each layer move; the rest stay at eps "
              "(orthogonal eps-init, gradient descent, factorization)",
-    "source": "PAPER.md 2",
+    "source": "docs/METHOD.md 2",
 }  # fmt: skip
 
 

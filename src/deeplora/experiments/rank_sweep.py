@@ -1,4 +1,4 @@
-"""Experiment 3 (PAPER.md 3.3): the r_hat sweep. The compressed network needs about the same
+"""Experiment 3 (docs/METHOD.md 3.3): the r_hat sweep. The compressed network needs about the same
 number of steps whatever r_hat >= r; a narrow network of the same width 2 r_hat, trained
 from a random eps-orthogonal init, needs far more.
 
@@ -6,7 +6,7 @@ Completion of a d x d rank-5 target ``Phi = X Y^T / r`` from a uniform 20% of it
 depth 3, eps = 1e-3, float64. For each r_hat:
 
 - the compressed network (:class:`~deeplora.completion.CompressedSolver`, the library's
-  default sparse form of PAPER.md 3.2, gamma = 0.01), whose 2 r_hat-wide slice is read off
+  default sparse form of docs/METHOD.md 3.2, gamma = 0.01), whose 2 r_hat-wide slice is read off
   the init gradient;
 - a narrow network of width 2 r_hat (:class:`~deeplora.completion.WideSolver` with
   ``width=2 * r_hat``, ``init="orthogonal"``): the same number of trainable directions, but

@@ -1,4 +1,4 @@
-"""Experiment 2 (PAPER.md 3.1, 3.3): the compressed network follows the wide network's
+"""Experiment 2 (docs/METHOD.md 3.1, 3.3): the compressed network follows the wide network's
 trajectory, at a fraction of the cost; for completion it needs the discrepant step gamma.
 
 Two problems, each a d x d target ``Phi = X Y^T / r``:
@@ -12,7 +12,7 @@ one shared step: the library's automatic step, fixed before the runs) on
 - the wide network (:class:`~deeplora.completion.WideSolver`, width d, random orthogonal
   init);
 - the compressed network built from that same init (:class:`~deeplora.completion.
-  CompressedSolver` with ``init="orthogonal"``, the authors' construction of PAPER.md 3.1,
+  CompressedSolver` with ``init="orthogonal"``, the authors' construction of docs/METHOD.md 3.1,
   r_hat = r) at its default gamma: 0 for factorization (the outer bases stay fixed, and the
   theorem makes the trajectory the wide one's), 0.01 for completion;
 - for completion also the compressed network with gamma = 0, for as many steps as the
@@ -25,7 +25,7 @@ solvers' own gradient-descent seconds, evaluations excluded), and along each pro
 ``max_t ||f_wide(t) - f_comp(t)||_F / ||Phi||_F`` over the steps both reached (every
 ``compare_every`` steps), relative to the target's norm because the two differ by the
 ``eps^L``-sized remainder the compressed network drops, which dominates ``f`` itself at the
-start. The paper's figures are for d = 1000 on a GPU (PAPER.md 3.3); our default d = 200 on a
+start. The paper's figures are for d = 1000 on a GPU (docs/METHOD.md 3.3); our default d = 200 on a
 CPU shows the same trajectories, while the time ratio grows with d (the wide step costs
 O(d^3), the compressed one O(|Omega| r + d r^2)).
 
@@ -68,7 +68,7 @@ PAPER = {
                   "(~7x)",
     "factorization": "d = 1000, r = 10: about 45 s wide vs 4.5 s compressed (~10x)",
     "gamma_zero": "completion with gamma = 0 stalls (relative error about 0.46 at d = 300 in a "
-                  "check of ours, PAPER.md 3.1)",
+                  "check of ours, docs/METHOD.md 3.1)",
     "wide_seconds": {"completion": 43.0, "factorization": 45.0},
     "compressed_seconds": {"completion": 6.0, "factorization": 4.5},
 }  # fmt: skip

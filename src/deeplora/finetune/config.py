@@ -1,6 +1,6 @@
 """Settings of one few-shot fine-tuning run, validated on creation.
 
-The optimizer is the paper's (PAPER.md 4): AdamW, betas (0.9, 0.999), eps 1e-6, no weight
+The optimizer is the paper's (docs/METHOD.md 4): AdamW, betas (0.9, 0.999), eps 1e-6, no weight
 decay, a constant learning rate. The default learning rates are not the paper's 1e-4 (set for
 BERT-base over 200-1000 steps), nor is Deep LoRA's default eps the paper's 1e-3: both were
 measured on MiniLM and the Amazon reviews, on validation splits of the training data; see
@@ -14,6 +14,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from ..adapters.config import DEFAULT_COMPRESSED_LR
+from ..adapters.config import DEFAULT_INIT_SCALE as ADAPTER_INIT_SCALE
+from ..adapters.config import DEFAULT_LR as ADAPTER_LR
 from ..errors import UserError
 
 Task = Literal["classification", "regression", "causal-lm"]
@@ -26,24 +29,14 @@ ADAPTER_INITS: tuple[str, ...] = ("orthogonal", "compressed")
 
 # Learning rate of the adapter (or of every weight, for "full") when ``lr`` is None: the best
 # validation accuracy of grids on MiniLM and the Amazon reviews, 100 steps (README, "Few-shot
-# fine-tuning": defaults and why). Deep LoRA needs more than the paper's 1e-4: at the paper's
-# eps 1e-3 its product of three eps-sized factors leaves the init only after ~0.1 / lr Adam
-# steps (its gradients, ~eps^2, are below Adam's eps 1e-6).
-DEFAULT_LR: dict[str, float] = {"deep-lora": 1e-3, "lora": 5e-4, "full": 2e-5}
-# Deep LoRA's eps when ``init_scale`` is None, per init. Orthogonal: 3e-2, not the paper's
-# 1e-3: a larger init leaves it at a smaller rate (lr / eps = 1/30; the paper's 1e-4 / 1e-3 is
-# 1/10) while dW(0) ~ eps^3 = 3e-5 stays negligible; chosen together with DEFAULT_LR on the
-# few-shot benchmark's validation split over n = 16-256 and ranks 4-64 (docs/BENCHMARKS.md).
-# Compressed: the paper's 1e-3, with which DEFAULT_COMPRESSED_LR was measured.
-DEFAULT_INIT_SCALE: dict[str, float] = {"orthogonal": 3e-2, "compressed": 1e-3}
+# fine-tuning": defaults and why). Deep LoRA's, and its eps per init, are the adapter's own
+# defaults (docs/METHOD.md 4.3).
+DEFAULT_LR: dict[str, float] = {"deep-lora": ADAPTER_LR, "lora": 5e-4, "full": 2e-5}
+# Deep LoRA's eps when ``init_scale`` is None, per init.
+DEFAULT_INIT_SCALE: dict[str, float] = {k: ADAPTER_INIT_SCALE[k] for k in ADAPTER_INITS}
 # Learning rate of the new task head when ``head_lr`` is None, the same for every adapter
 # method: the head starts at random and must train (at 1e-4 it hardly moves in 100 steps).
 DEFAULT_HEAD_LR = 1e-3
-# Learning rate of the inner factors of a compressed Deep LoRA adapter (the outer ones train at
-# gamma times it): the paper's 1e-2, also the better of 1e-3 and 1e-2 measured.
-DEFAULT_COMPRESSED_LR = 1e-2
-
-
 @dataclass
 class FinetuneConfig:
     """What to train, on what, and how. Every field has a default; see the comments."""
@@ -69,7 +62,7 @@ class FinetuneConfig:
     init_scale: float | None = None  # Deep LoRA: eps of the factors; None: DEFAULT_INIT_SCALE
     gamma: float = 1e-2  # compressed Deep LoRA: the outer factors train at gamma * lr
     lora_alpha: float = 8.0  # LoRA: PEFT's default; scaling lora_alpha / rank
-    # --- optimizer and loop (PAPER.md 4)
+    # --- optimizer and loop (docs/METHOD.md 4)
     lr: float | None = None  # None: DEFAULT_LR[method] (DEFAULT_COMPRESSED_LR if compressed)
     head_lr: float | None = None  # None: DEFAULT_HEAD_LR (or lr, for "full")
     betas: tuple[float, float] = (0.9, 0.999)
