@@ -127,9 +127,9 @@ def test_recovery_skips_nan_and_takes_curves_of_other_lengths(tmp_path: Path) ->
 
 
 def test_recovery_from_a_solver_history(tmp_path: Path) -> None:
-    from deeplora.completion.solver import History
+    from deeplora.completion import FitHistory
 
-    history = History()
+    history = FitHistory()
     for step, err in enumerate([1.0, 0.1, 0.01]):
         history.append(step=step, loss=err, train_rmse=err, val_rmse=err, rel_error=err,
                        seconds=0.1 * step, lr=1.0)  # fmt: skip

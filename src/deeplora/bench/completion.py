@@ -64,7 +64,8 @@ from .._io import json_safe, write_json
 from ..completion.baselines import als, soft_impute
 from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import random_low_rank, sample_entries
-from ..completion.solver import DivergenceError, GradientDescent, relative_error
+from ..completion.results import relative_error
+from ..completion.solver import DivergenceError, GradientDescent
 from ..completion.wide import WideConfig, WideSolver
 from ..errors import UserError
 from ._common import (

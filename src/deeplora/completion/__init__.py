@@ -9,11 +9,13 @@
 
 from .baselines import LowRankModel, MeanBaseline, als, rmse, soft_impute
 from .compressed import CompressedConfig, CompressedSolver
+from .config import SolverConfig
 from .data import LowRankMatrix, Observations, load_movielens, random_low_rank, sample_entries
 from .fit import complete
 from .model import CompletionModel
 from .objectives import Completion, Factorization, Objective, Sensing
-from .solver import DivergenceError, FitResult, History, SolverConfig, relative_error
+from .results import FitHistory, FitResult, relative_error
+from .solver import DivergenceError
 from .wide import WideConfig, WideSolver
 
 
@@ -37,8 +39,8 @@ __all__ = [
     "DeepImputer",
     "DivergenceError",
     "Factorization",
+    "FitHistory",
     "FitResult",
-    "History",
     "LowRankMatrix",
     "LowRankModel",
     "MeanBaseline",

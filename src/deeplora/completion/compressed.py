@@ -49,9 +49,10 @@ from ..subspace import (
     normalized_top_singular,
     top_singular,
 )
+from .config import SolverConfig
 from .data import LowRankMatrix, Observations
 from .objectives import Factorization
-from .solver import GradientDescent, SolverConfig
+from .solver import GradientDescent
 from .wide import wide_init
 
 

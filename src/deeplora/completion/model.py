@@ -22,7 +22,7 @@ import torch
 from .._io import FORMAT_VERSION, check_version, read_json, read_tensors, write_json, write_tensors
 from ..errors import UserError
 from .data import Observations, _lookup
-from .solver import History
+from .results import FitHistory
 
 DENSE_LIMIT = 50_000_000  # entries: to_dense refuses more unless told otherwise
 
@@ -47,7 +47,7 @@ class CompletionModel:
     clip: tuple[float, float] | None = None
     observed_rows: np.ndarray | None = None  # training entries, excluded from top-k
     observed_cols: np.ndarray | None = None
-    history: History = field(default_factory=History)
+    history: FitHistory = field(default_factory=FitHistory)
     info: dict[str, Any] = field(default_factory=dict)  # settings and outcome of the fit
 
     @property
@@ -200,5 +200,5 @@ class CompletionModel:
             row_bias=arr("row_bias"), col_bias=arr("col_bias"),
             clip=None if clip is None else (float(clip[0]), float(clip[1])),
             observed_rows=arr("observed_rows"), observed_cols=arr("observed_cols"),
-            history=History.from_dict(meta.get("history", {})), info=meta.get("info", {}),
+            history=FitHistory.from_dict(meta.get("history", {})), info=meta.get("info", {}),
         )

@@ -1,6 +1,6 @@
 """Full-batch gradient descent shared by the wide and the compressed deep factorization:
 the configuration, the loop with its stopping rules, divergence guard, progress bar, history
-and checkpoints (docs/METHOD.md, "Defaults that calibrate themselves").
+and checkpoints (:mod:`deeplora.completion.checkpoint`); docs/METHOD.md 5.
 
 The defaults are free of the data's units and size:
 
@@ -42,33 +42,21 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._io import (
-    FORMAT_VERSION,
-    check_version,
-    read_json,
-    read_tensors,
-    write_json,
-    write_tensors,
-)
 from ..errors import UserError
+from . import checkpoint
+from .config import SolverConfig
 from .data import LowRankMatrix, Observations
 from .objectives import Objective, entries_fingerprint, make_objective
 from .offsets import Offsets
+from .results import FitHistory, FitResult, relative_error
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-#: Default ``init_relative``: with heavy-ball momentum, the largest value at which a slice
-#: four or eight times wider than the rank still recovers from twice the information limit
-#: (docs/BENCHMARKS.md, "How the defaults were chosen").
-DEFAULT_INIT_RELATIVE = 3e-3
 #: The training loss must have fallen below this fraction of its start before patience can
 #: stop a run: until then the factorization sits at its init and validation cannot improve.
 LEFT_INIT = 0.95
@@ -76,83 +64,10 @@ LEFT_INIT = 0.95
 #: times since the last clear improvement is on its way: patience then waits, up to PENDING_WAIT
 #: times its usual wait.
 PENDING_BELOW, PENDING_GROWTH, PENDING_WAIT = 1e-2, 2.0, 4.0
-#: The paper's settings (absolute eps = 1e-3, plain gradient descent, no early stopping).
-PAPER = {"init_scale": 1e-3, "momentum": 0.0, "patience": None, "tol": 0.0}
 
 
 class DivergenceError(RuntimeError):
     """Gradient descent blew up: the step is too large for this problem."""
-
-
-@dataclass(kw_only=True)
-class SolverConfig:
-    """Settings shared by the wide and the compressed solver. The defaults calibrate
-    themselves to the data (module docstring); :meth:`paper` gives the paper's."""
-
-    depth: int = 3  # L, number of factors; the paper's default is 3
-    init_scale: float | None = None  # eps: every factor starts as eps times an orthogonal
-    # matrix; None: init_relative * s^(1/L) for the target's estimated top singular value s
-    init_relative: float = DEFAULT_INIT_RELATIVE  # eps relative to s^(1/L) (init_scale=None)
-    lr: float | None = None  # step on the plain-sum loss; None: lr_factor / curvature estimate
-    lr_factor: float = 1.0  # the automatic step is lr_factor / (p L s^(2 - 2/L))
-    momentum: float = 0.9  # heavy-ball momentum with restart on a rising loss; 0: plain GD
-    max_steps: int = 20_000  # step budget
-    tol: float = 1e-6  # stop when the relative training residual is <= tol
-    target_error: float | None = None  # stop when the relative error to the truth is <= this
-    patience: int | None = 10  # with validation: evaluations without a clear improvement
-    patience_ratio: float = 1.0  # ... and at least this times the steps to the last one
-    min_improvement: float = 1e-4  # a val RMSE counts as better below best * (1 - this)
-    eval_every: int = 50  # steps between evaluations (history rows, stopping checks)
-    blowup: float = 1.5  # a loss above blowup * initial loss counts as divergence
-    backoffs: int = 8  # automatic step only: halvings allowed on divergence before an error
-    dtype: Literal["float32", "float64"] = "float64"
-    seed: int = 0  # every random choice (init, SVD start vector)
-    progress: bool = True  # tqdm progress bar (also off when not a terminal)
-
-    def __post_init__(self) -> None:
-        _check(self.depth >= 2, f"depth must be >= 2 (a product of factors), got {self.depth}")
-        _check(self.init_scale is None or self.init_scale > 0,
-               f"init_scale must be > 0 (or None: relative to the data), got {self.init_scale}")
-        _check(self.init_relative > 0, f"init_relative must be > 0, got {self.init_relative}")
-        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        _check(self.patience_ratio >= 0,
-               f"patience_ratio must be >= 0, got {self.patience_ratio}")
-        _check(self.lr is None or self.lr > 0, f"lr must be > 0 (or None for auto), got {self.lr}")
-        _check(self.lr_factor > 0, f"lr_factor must be > 0, got {self.lr_factor}")
-        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        _check(self.tol >= 0, f"tol must be >= 0, got {self.tol}")
-        _check(self.target_error is None or self.target_error > 0,
-               f"target_error must be > 0, got {self.target_error}")
-        _check(self.patience is None or self.patience >= 1,
-               f"patience must be >= 1 evaluation, got {self.patience}")
-        _check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
-        _check(self.blowup > 1, f"blowup must be > 1, got {self.blowup}")
-        _check(self.backoffs >= 0, f"backoffs must be >= 0, got {self.backoffs}")
-        _check(0 <= self.min_improvement < 1,
-               f"min_improvement must be in [0, 1), got {self.min_improvement}")
-        _check(self.dtype in DTYPES, f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @classmethod
-    def paper(cls: type[_Config], **settings: Any) -> _Config:
-        """The paper's settings (:data:`PAPER`: absolute eps = 1e-3, plain gradient descent,
-        no early stopping), with ``settings`` on top."""
-        return cls(**{**cls._paper_settings(), **settings})
-
-    @classmethod
-    def _paper_settings(cls) -> dict[str, Any]:
-        return dict(PAPER)
-
-
-_Config = TypeVar("_Config", bound=SolverConfig)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
 
 
 def _target_scale(objective: Objective) -> float:
@@ -170,75 +85,6 @@ def auto_lr(objective: Objective, depth: int, factor: float = 1.0) -> float:
     caps it by ``factor / (gamma p s^2)``, the curvature its outer factors see.)"""
     s = _target_scale(objective)
     return factor / (objective.sampling_rate * depth * s ** (2 - 2 / depth))
-
-
-@dataclass
-class History:
-    """One row per evaluation."""
-
-    step: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    train_rmse: list[float] = field(default_factory=list)
-    val_rmse: list[float] = field(default_factory=list)
-    rel_error: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-
-    def truncate(self, rows: int) -> None:
-        """Keep the first ``rows`` rows."""
-        for f in fields(self):
-            del getattr(self, f.name)[rows:]
-
-    def append(self, **row: float) -> None:
-        for key, value in row.items():
-            getattr(self, key).append(value)
-
-    def to_dict(self) -> dict[str, list[Any]]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, list[Any]]) -> History:
-        return cls(**{k: list(v) for k, v in data.items()})
-
-    def first_step_below(self, error: float) -> int | None:
-        """The first recorded step whose relative error is <= ``error``."""
-        for s, e in zip(self.step, self.rel_error):
-            if e <= error:
-                return s
-        return None
-
-
-@dataclass
-class FitResult:
-    """What a run returns: the end-to-end matrix ``left @ right.T`` as factors (in the
-    problem's orientation), the offsets learned with it (``mu``, row and column offsets; or
-    None), the history and why it stopped."""
-
-    left: torch.Tensor
-    right: torch.Tensor
-    history: History
-    stopped: str
-    steps: int
-    lr: float
-    offsets: tuple[float, np.ndarray, np.ndarray] | None = None
-
-
-def relative_error(left: torch.Tensor, right: torch.Tensor,
-                   truth: LowRankMatrix | np.ndarray | torch.Tensor) -> float:
-    """``||left right^T - Phi||_F / ||Phi||_F``; from small Gram matrices when the truth is
-    low rank, never forming m x n matrices."""
-    a, v = left.double(), right.double()
-    if isinstance(truth, LowRankMatrix):
-        x = torch.from_numpy(truth.left).double()
-        y = torch.from_numpy(truth.right).double()
-        ff = ((a.T @ a) * (v.T @ v)).sum()
-        fp = ((x.T @ a) * (y.T @ v)).sum()
-        pp = ((x.T @ x) * (y.T @ y)).sum()
-        diff2 = (ff - 2 * fp + pp).clamp(min=0)
-        return float(diff2.sqrt() / pp.sqrt())
-    t = torch.as_tensor(np.asarray(truth) if not isinstance(truth, torch.Tensor) else truth)
-    t = t.double()
-    return float(torch.linalg.matrix_norm(a @ v.T - t) / torch.linalg.matrix_norm(t))
 
 
 class GradientDescent(ABC):
@@ -280,7 +126,7 @@ class GradientDescent(ABC):
         self.lr = config.lr if config.lr is not None else auto_lr(
             self.objective, config.depth, config.lr_factor)
         self.t = 0
-        self.history = History()
+        self.history = FitHistory()
         self._initial_loss: float | None = None
         self._ref_norm = self._reference_norm()
         self._best: tuple[float, dict[str, torch.Tensor]] | None = None
@@ -577,25 +423,18 @@ class GradientDescent(ABC):
                                          self.validation.values)
         return marks
 
-    def save_checkpoint(self, folder: str | os.PathLike[str]) -> None:
-        """The state (parameters, momentum, best and last-evaluated parameters) and its
-        description, written atomically: the tensors go to a file named by the step, then
-        ``state.json`` names it, then older tensor files are removed, so that a kill at any
-        point leaves a matching pair."""
-        folder = Path(folder)
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything a resume needs: the tensors (parameters, momentum, the best and the last
+        sane evaluated parameters) by name, and the rest as JSON-ready values."""
         tensors = {f"param.{k}": v for k, v in self.parameters().items()}
         tensors.update({f"velocity.{k}": v for k, v in self._velocity.items()})
         if self._best is not None:
             tensors.update({f"best.{k}": v for k, v in self._best[1].items()})
         if self._good is not None:
             tensors.update({f"good.{k}": v for k, v in self._good[3].items()})
-        name = f"state-{self.t}.safetensors"
-        write_tensors(folder / name, tensors)
-        write_json(folder / "state.json", {
-            "kind": "deeplora.checkpoint", "format_version": FORMAT_VERSION,
-            "solver": type(self).__name__, "config": asdict(self.config), "tensors": name,
-            "data": self.fingerprint(), "step": self.t,
-            "lr": self.lr, "elapsed": self._elapsed, "initial_loss": self._initial_loss,
+        meta = {
+            "step": self.t, "lr": self.lr, "elapsed": self._elapsed,
+            "initial_loss": self._initial_loss,
             "best_val": None if self._best is None else self._best[0],
             "t_clear": self._t_clear, "left_init": self._left_init, "spectra": self._spectra,
             "last_loss": self._last_loss, "history": self.history.to_dict(),
@@ -603,38 +442,14 @@ class GradientDescent(ABC):
             "good": None if self._good is None else [
                 *self._good[:2], None if math.isinf(self._good[2]) else self._good[2]],
             "backoff_steps": self.backoff_steps, "candidate": self._candidate is not None,
-        })
-        for old in folder.glob("state-*.safetensors"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        }
+        return tensors, meta
 
-    def load_checkpoint(self, folder: str | os.PathLike[str]) -> None:
-        folder = Path(folder)
-        meta = read_json(folder / "state.json", "checkpoint")
-        check_version(meta, "checkpoint", "deeplora.checkpoint")
-        free = ("max_steps", "progress")  # a run may be extended or watched differently
-        saved = {k: v for k, v in meta["config"].items() if k not in free}
-        mine = {k: v for k, v in asdict(self.config).items() if k not in free}
-        if meta["solver"] != type(self).__name__ or saved != mine:
-            changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise UserError(
-                f"checkpoint in {folder} was written by {meta['solver']} with other settings "
-                f"({', '.join(changed) or 'solver'}); resume with the same settings or use a "
-                "new checkpoint folder"
-            )
-        if not _same_fingerprint(meta.get("data", []), self.fingerprint()):
-            raise UserError(
-                f"checkpoint in {folder} was written for other data (another input, split, "
-                "centering or validation part); resume with the same data or use a new "
-                "checkpoint folder"
-            )
-        tensors = read_tensors(folder / meta["tensors"], "checkpoint")
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Continue from a :meth:`state` (the parameters' shapes checked by the caller)."""
         params = self.parameters()
         for name, value in params.items():
-            key = f"param.{name}"
-            if key not in tensors or tensors[key].shape != value.shape:
-                raise UserError(f"checkpoint in {folder} does not match this problem ({name})")
-            value.copy_(tensors[key])
+            value.copy_(tensors[f"param.{name}"])
         self._velocity = {k[len("velocity."):]: v.clone() for k, v in tensors.items()
                           if k.startswith("velocity.")}
         if meta["best_val"] is not None:
@@ -644,7 +459,7 @@ class GradientDescent(ABC):
         self._t_clear, self._left_init = meta["t_clear"], meta["left_init"]
         self._spectra = [(int(t), list(v)) for t, v in meta["spectra"]]
         self._last_loss = meta["last_loss"]
-        self.history = History.from_dict(meta["history"])
+        self.history = FitHistory.from_dict(meta["history"])
         self._low = math.inf if meta["low_loss"] is None else meta["low_loss"]
         if meta["good"] is not None:
             t, rows, low = meta["good"]
@@ -653,11 +468,11 @@ class GradientDescent(ABC):
         self.backoff_steps = list(meta["backoff_steps"])
         self._candidate = self._snapshot() if meta.get("candidate") else None
 
+    def save_checkpoint(self, folder: str | os.PathLike[str]) -> None:
+        """Write :meth:`state` to ``folder`` (:func:`deeplora.completion.checkpoint.save`)."""
+        checkpoint.save(self, folder)
 
-
-def _same_fingerprint(saved: list[float], mine: list[float]) -> bool:
-    """Equal up to the rounding of sums taken in another order (another process count)."""
-    a, b = np.asarray(saved, dtype=np.float64), np.asarray(mine, dtype=np.float64)
-    if a.shape != b.shape:
-        return False
-    return bool(np.allclose(a, b, rtol=1e-9, atol=1e-9 * float(np.abs(b).max(initial=1.0))))
+    def load_checkpoint(self, folder: str | os.PathLike[str]) -> None:
+        """Continue from the checkpoint in ``folder``, if it is of this run
+        (:func:`deeplora.completion.checkpoint.load`)."""
+        checkpoint.load(self, folder)

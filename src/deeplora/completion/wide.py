@@ -17,8 +17,9 @@ import torch
 
 from ..errors import UserError
 from ..subspace import chain, chain_grads, eps_orthogonal
+from .config import SolverConfig
 from .data import LowRankMatrix, Observations
-from .solver import GradientDescent, SolverConfig
+from .solver import GradientDescent
 
 
 @dataclass(kw_only=True)

@@ -446,18 +446,18 @@ def plot_recovery(
     gradient steps and against wall seconds, one curve per run (docs/METHOD.md 3.3).
 
     Each curve needs ``"step"``, ``"seconds"`` and ``"rel_error"`` of one length (a completion
-    ``History.to_dict()`` has them); curves may differ in length. Entries whose error is nan,
+    ``FitHistory.to_dict()`` has them); curves may differ in length. Entries whose error is nan,
     None or not positive are skipped.
     """
     _stem(stem)
     if not curves:
-        raise UserError("curves is empty: pass {label: History.to_dict()} for each run")
+        raise UserError("curves is empty: pass {label: FitHistory.to_dict()} for each run")
     data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for label, curve in curves.items():
         missing = [key for key in ("step", "seconds", "rel_error") if key not in curve]
         if missing:
             raise UserError(f"curve {label!r} lacks {missing}: each curve needs 'step', "
-                             "'seconds' and 'rel_error' (History.to_dict() has them)")  # fmt: skip
+                            "'seconds' and 'rel_error' (FitHistory.to_dict() has them)")
         step, seconds, error = (_floats(curve[key], f"curve {label!r} {key!r}")
                                 for key in ("step", "seconds", "rel_error"))  # fmt: skip
         if not len(step) == len(seconds) == len(error):

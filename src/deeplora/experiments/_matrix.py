@@ -16,7 +16,7 @@ is several times too small at d = 100 and diverges on our d = 1000 completion ta
 (docs/BENCHMARKS.md). Runs that are compared with each other use one step, fixed before they
 start (so the automatic step's back-off cannot make them part ways).
 
-Seconds are the solver's own gradient-descent time (``History.seconds``: evaluations, the
+Seconds are the solver's own gradient-descent time (``FitHistory.seconds``: evaluations, the
 recorder and callbacks excluded) on ``torch.get_num_threads()`` threads, recorded with the
 results.
 """
