@@ -84,6 +84,60 @@ def chain_grads(factors: Sequence[torch.Tensor], grad_out: torch.Tensor) -> list
     return grads
 
 
+def as_float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, in float64 (on the CPU where the device has no float64)."""
+    t = t.detach()
+    if t.device.type == "mps":  # no float64 there
+        t = t.cpu()
+    return t.to(torch.float64)
+
+
+def check_chain(factors: Sequence[torch.Tensor], what: str = "factors") -> None:
+    """Refuse anything but a non-empty list of 2-D tensors whose shapes chain."""
+    if len(factors) == 0:
+        raise UserError(f"{what}: empty list; a source returns at least one matrix")
+    for i, f in enumerate(factors):
+        if not isinstance(f, torch.Tensor) or f.ndim != 2:
+            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise UserError(f"{what}: factor {i} must be a 2-D tensor, got {got}")
+    for i in range(1, len(factors)):
+        if factors[i].shape[1] != factors[i - 1].shape[0]:
+            raise UserError(
+                f"{what}: factor shapes do not chain (M = W_L ... W_1 needs W_l.shape[1] == "
+                f"W_(l-1).shape[0]): {tuple(factors[i - 1].shape)} then {tuple(factors[i].shape)}"
+            )
+
+
+@torch.no_grad()
+def factored_svd(
+    factors: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact thin SVD ``M = U diag(S) V^T`` of ``M = chain(factors) = W_L ... W_1``, in float64,
+    ``S`` descending.
+
+    When the chain is thin (its narrowest inner width ``w`` is below ``min(d_out, d_in)``) ``M``
+    is never formed: split it at the narrowest point, ``M = A B`` with ``A`` (d_out x w) and
+    ``B`` (w x d_in) built from the narrow end, ``A = Q_a R_a``, ``B^T = Q_b R_b``, and
+    ``M = Q_a (R_a R_b^T) Q_b^T``; the ``w x w`` core's SVD gives the rest (``S`` has ``w``
+    entries). Otherwise one dense SVD (``min(d_out, d_in)`` entries). Computed on the factors'
+    device (CPU for MPS).
+    """
+    check_chain(factors)
+    fs = [as_float64(f) for f in factors]
+    d_out, d_in = fs[-1].shape[0], fs[0].shape[1]
+    widths = [int(f.shape[0]) for f in fs[:-1]]
+    if widths and min(widths) < min(d_out, d_in):
+        j = widths.index(min(widths))  # the narrowest point: after factor j
+        a = chain(fs[j + 1:])  # d_out x w, every partial product w columns wide
+        bt = chain([f.T for f in reversed(fs[: j + 1])])  # d_in x w
+        qa, ra = torch.linalg.qr(a)
+        qb, rb = torch.linalg.qr(bt)
+        uc, s, vch = torch.linalg.svd(ra @ rb.T)
+        return qa @ uc, s, qb @ vch.T
+    u, s, vh = torch.linalg.svd(chain(fs), full_matrices=False)
+    return u, s, vh.T
+
+
 def orth(m: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis with as many columns as ``m`` that contains the span of ``m``.
 

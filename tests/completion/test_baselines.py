@@ -11,6 +11,7 @@ from deeplora.completion.baselines import (
     LowRankModel,
     MeanBaseline,
     als,
+    alternating,
     rmse,
     soft_impute,
 )
@@ -103,10 +104,10 @@ def test_ridge_side_matches_per_row_solves(monkeypatch) -> None:
         x = mat.data[mat.indptr[i]:mat.indptr[i + 1]]
         gram = other[idx].T @ other[idx] + reg * counts[i] * np.eye(r)
         expected[i] = np.linalg.solve(gram, other[idx].T @ x) if len(idx) else 0.0
-    np.testing.assert_allclose(bl._ridge_side(mat, pattern, counts, other, reg), expected,
+    np.testing.assert_allclose(alternating._ridge_side(mat, pattern, counts, other, reg), expected,
                                rtol=1e-8, atol=1e-10)
-    monkeypatch.setattr(bl, "_CHUNK_FLOATS", 40)  # several row chunks and column groups
-    np.testing.assert_allclose(bl._ridge_side(mat, pattern, counts, other, reg), expected,
+    monkeypatch.setattr(alternating, "_CHUNK_FLOATS", 40)  # several row chunks and column groups
+    np.testing.assert_allclose(alternating._ridge_side(mat, pattern, counts, other, reg), expected,
                                rtol=1e-8, atol=1e-10)
 
 

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..subspace import Init, chain, eps_orthogonal
+from ..subspace import Init, chain, eps_orthogonal, factored_svd
 
 Capture = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -166,22 +166,11 @@ class DeepLoraBranch(nn.Module):
         """``dW = W_n ... W_1`` (d_out x d_in), formed only to merge or analyse."""
         return chain(list(self.factors))
 
-    @torch.no_grad()
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Exact thin SVD ``dW = U diag(S) V^T`` in float64, without forming ``dW``.
-
-        With ``dW = A B`` (``A = W_n``, ``B = W_{n-1} ... W_1``), ``A = Q_a R_a`` and
-        ``B^T = Q_b R_b``: ``dW = Q_a (R_a R_b^T) Q_b^T`` and the small core gives the rest.
-        Cost O((d_out + d_in) k^2). ``S`` is descending, of length ``k`` (the width).
-        """
-        fs = [f.detach().to(torch.float64) for f in self.factors]
-        if len(fs) == 1:
-            u, s, vh = torch.linalg.svd(fs[0], full_matrices=False)
-            return u, s, vh.T
-        qa, ra = torch.linalg.qr(fs[-1])
-        qb, rb = torch.linalg.qr(chain(fs[:-1]).T)
-        uc, s, vch = torch.linalg.svd(ra @ rb.T)
-        return qa @ uc, s, qb @ vch.T
+        """Exact thin SVD ``dW = U diag(S) V^T`` in float64, without forming ``dW``
+        (:func:`deeplora.subspace.factored_svd`). ``S`` is descending, of length ``k`` (the
+        width)."""
+        return factored_svd(list(self.factors))
 
 
 class DeepLoraLayer(nn.Module):

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from .._io import json_safe, write_json
 from ..completion.baselines import als, soft_impute
 from ..completion.compressed import CompressedConfig, CompressedSolver
-from ..completion.data import random_low_rank, sample_entries
+from ..completion.data import CsrPattern, random_low_rank, sample_entries
 from ..completion.results import relative_error
 from ..completion.solver import DivergenceError, GradientDescent
 from ..completion.wide import WideConfig, WideSolver
@@ -440,12 +440,8 @@ def _print_wide(rows: list[dict[str, Any]]) -> None:
 
 def _csr(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
          dtype: torch.dtype) -> torch.Tensor:
-    order = np.lexsort((cols, rows))
-    crow = np.zeros(shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=shape[0]), out=crow[1:])
-    values = torch.randn(len(rows), dtype=dtype)
-    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols[order]),
-                                   values, shape)
+    """A CSR tensor of random values at the given positions."""
+    return CsrPattern.of(rows, cols, shape).torch(torch.randn(len(rows), dtype=dtype))
 
 
 def _floor_row(d: int, k: int, reps: int) -> dict[str, Any]:

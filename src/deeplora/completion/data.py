@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from ..errors import UnknownIdError, UserError
 
@@ -259,6 +260,36 @@ def _lookup(ids: Sequence[Hashable], wanted: ArrayLike, what: str) -> np.ndarray
             f"knows only the {what}s it was fitted on"
         )
     return pos.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class CsrPattern:
+    """Positions of entries in CSR order (by row, then column), to build sparse matrices with
+    new values on the same positions without sorting again. ``order[k]`` is the input entry at
+    CSR position ``k``; ``rows``, ``cols`` are in CSR order and ``indptr`` starts each row."""
+
+    shape: tuple[int, int]
+    order: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    indptr: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> CsrPattern:
+        order = np.lexsort((cols, rows))
+        sorted_rows, sorted_cols = rows[order], cols[order]
+        indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(sorted_rows, minlength=shape[0]), out=indptr[1:])
+        return cls(shape, order, sorted_rows, sorted_cols, indptr)
+
+    def scipy(self, values: np.ndarray) -> sp.csr_matrix:
+        """A scipy CSR matrix with ``values`` (in CSR order) at these positions."""
+        return sp.csr_matrix((values, self.cols, self.indptr), shape=self.shape)
+
+    def torch(self, values: torch.Tensor) -> torch.Tensor:
+        """A torch CSR tensor with ``values`` (in CSR order) at these positions."""
+        return torch.sparse_csr_tensor(torch.from_numpy(self.indptr),
+                                       torch.from_numpy(self.cols), values, self.shape)
 
 
 @dataclass(frozen=True)

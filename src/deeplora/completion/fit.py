@@ -14,7 +14,7 @@ Centering (``center``) decides what the low-rank model should not spend its rank
 - ``"none"``: the values as they are (the paper's setting);
 - ``"mean"``: subtract the global mean first;
 - ``"biases"``: subtract the mean and regularised row and column offsets fitted first
-  (:class:`~deeplora.completion.baselines.MeanBaseline`). The residual of a rank-r table has
+  (:class:`~deeplora.completion.baselines.Centering`). The residual of a rank-r table has
   rank up to r + 2, which a rank-r slice cannot fit and which needs more samples.
 """
 
@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import UserError
-from .baselines import MeanBaseline
+from .baselines import Centering
 from .compressed import CompressedConfig, CompressedSolver
 from .data import LowRankMatrix, Observations
 from .model import CompletionModel
@@ -90,15 +90,10 @@ def complete(
                                      or validation.col_ids != train.col_ids):
         raise UserError("validation entries must come from the same table as the training "
                          "entries (use Observations.split)")
-    offset, row_bias, col_bias = 0.0, None, None
-    if center == "mean":
-        offset = float(train.values.mean())
-    elif center == "biases":
-        base = MeanBaseline(biases=True).fit(train)
-        offset, row_bias, col_bias = base.mean, base.row_bias, base.col_bias
-    residual = centered(train, offset, row_bias, col_bias)
-    val_residual = None if validation is None else centered(validation, offset, row_bias,
-                                                            col_bias)
+    centering = Centering.fit(train, "none" if center == "joint" else center)
+    offset, row_bias, col_bias = centering.offset, centering.row_bias, centering.col_bias
+    residual = centering.residual(train)
+    val_residual = None if validation is None else centering.residual(validation)
     solver = (make_solver or local_solver)(residual, config, joint=center == "joint",
                                            truth=truth, validation=val_residual)
     result = solver.run(checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -127,14 +122,3 @@ def local_solver(train: Observations, config: CompressedConfig | WideConfig, *, 
     if isinstance(config, CompressedConfig):
         return CompressedSolver(objective, config, truth=truth, validation=validation)
     return WideSolver(objective, config, truth=truth, validation=validation)
-
-
-def centered(obs: Observations, offset: float, row_bias: np.ndarray | None,
-             col_bias: np.ndarray | None) -> Observations:
-    """``obs`` minus ``offset + row_bias[i] + col_bias[j]``."""
-    values = obs.values - offset
-    if row_bias is not None:
-        values = values - row_bias[obs.rows]
-    if col_bias is not None:
-        values = values - col_bias[obs.cols]
-    return obs.with_values(values)

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import UserError
-from .data import LowRankMatrix, Observations
+from .data import CsrPattern, LowRankMatrix, Observations
 from .offsets import DEFAULT_OFFSET_REG, Offsets
 
 
@@ -122,21 +122,16 @@ class Completion(Objective):
         self.shape = obs.shape
         self.dtype = dtype
         m, n = obs.shape
-        order = np.lexsort((obs.cols, obs.rows))  # CSR order: by row, then column
-        rows, cols = obs.rows[order], obs.cols[order]
+        self._csr = CsrPattern.of(obs.rows, obs.cols, (m, n))  # entries kept in CSR order
+        rows, cols = self._csr.rows, self._csr.cols
         self.rows = torch.from_numpy(rows)
         self.cols = torch.from_numpy(cols)
-        self.values = torch.from_numpy(obs.values[order]).to(dtype)
-        self._crow = _crow(rows, m)
+        self.values = torch.from_numpy(obs.values[self._csr.order]).to(dtype)
         # The transpose in CSR order: a permutation of the same entries.
-        order_t = np.lexsort((rows, cols))
-        self._perm_t = torch.from_numpy(order_t)
-        self._crow_t = _crow(cols[order_t], n)
-        self._col_t = torch.from_numpy(rows[order_t])
+        self._csr_t = CsrPattern.of(cols, rows, (n, m))
+        self._perm_t = torch.from_numpy(self._csr_t.order)
         self._top: tuple[float, float] | None = None
-        self._pattern = torch.sparse_csr_tensor(
-            self._crow, self.cols, torch.zeros(len(rows), dtype=dtype), (m, n)
-        )
+        self._pattern = self._csr.torch(torch.zeros(len(rows), dtype=dtype))
         self.offsets: Offsets | None = None
         if offsets:
             self.offsets = Offsets(self.rows, self.cols, self.shape, offset_reg, self._reduce)
@@ -180,9 +175,7 @@ class Completion(Objective):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pred = self.predict(a, v)
         res = pred - self._refit_offsets(pred)
-        m, n = self.shape
-        r = torch.sparse_csr_tensor(self._crow, self.cols, res, (m, n))
-        r_t = torch.sparse_csr_tensor(self._crow_t, self._col_t, res[self._perm_t], (n, m))
+        r, r_t = self._csr.torch(res), self._csr_t.torch(res[self._perm_t])
         return 0.5 * res.dot(res), r @ v, r_t @ a
 
     def dense(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,12 +263,6 @@ class Completion(Objective):
                          cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         both = self._reduce(torch.from_numpy(np.concatenate([rows, cols])))
         return both[: len(rows)].numpy(), both[len(rows):].numpy()
-
-
-def _crow(sorted_rows: np.ndarray, m: int) -> torch.Tensor:
-    crow = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(np.bincount(sorted_rows, minlength=m), out=crow[1:])
-    return torch.from_numpy(crow)
 
 
 # --------------------------------------------------------------------------- factorization

@@ -62,7 +62,15 @@ from torch import nn
 
 from .._io import FORMAT_VERSION, atomic_open, check_version, json_safe, read_json, write_json
 from ..errors import MissingFileError, UserError
-from ..subspace import chain, chain_grads, compress_dense, orth
+from ..subspace import (
+    as_float64,
+    chain,
+    chain_grads,
+    check_chain,
+    compress_dense,
+    factored_svd,
+    orth,
+)
 
 if TYPE_CHECKING:
     from ..completion.solver import GradientDescent
@@ -90,58 +98,6 @@ _FIELDS = ("singular_values", "factor_singular_values", "cosines_left", "cosines
 
 
 # ----------------------------------------------------------------------------- linear algebra
-
-
-def _as64(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach()
-    if t.device.type == "mps":  # no float64 there
-        t = t.cpu()
-    return t.to(torch.float64)
-
-
-def _check_chain(factors: Sequence[torch.Tensor], what: str = "factors") -> None:
-    if len(factors) == 0:
-        raise UserError(f"{what}: empty list; a source returns at least one matrix")
-    for i, f in enumerate(factors):
-        if not isinstance(f, torch.Tensor) or f.ndim != 2:
-            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise UserError(f"{what}: factor {i} must be a 2-D tensor, got {got}")
-    for i in range(1, len(factors)):
-        if factors[i].shape[1] != factors[i - 1].shape[0]:
-            raise UserError(
-                f"{what}: factor shapes do not chain (M = W_L ... W_1 needs W_l.shape[1] == "
-                f"W_(l-1).shape[0]): {tuple(factors[i - 1].shape)} then {tuple(factors[i].shape)}"
-            )
-
-
-@torch.no_grad()
-def factored_svd(
-    factors: Sequence[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact thin SVD ``M = U diag(S) V^T`` of ``M = chain(factors) = W_L ... W_1``, in float64,
-    ``S`` descending.
-
-    When the chain is thin (its narrowest inner width ``w`` is below ``min(d_out, d_in)``) ``M``
-    is never formed: split it at the narrowest point, ``M = A B`` with ``A`` (d_out x w) and
-    ``B`` (w x d_in) built from the narrow end, ``A = Q_a R_a``, ``B^T = Q_b R_b``, and
-    ``M = Q_a (R_a R_b^T) Q_b^T``; the ``w x w`` core's SVD gives the rest (``S`` has ``w``
-    entries). Otherwise one dense SVD (``min(d_out, d_in)`` entries). Computed on the factors'
-    device (CPU for MPS).
-    """
-    _check_chain(factors)
-    fs = [_as64(f) for f in factors]
-    d_out, d_in = fs[-1].shape[0], fs[0].shape[1]
-    widths = [int(f.shape[0]) for f in fs[:-1]]
-    if widths and min(widths) < min(d_out, d_in):
-        j = widths.index(min(widths))  # the narrowest point: after factor j
-        a = chain(fs[j + 1:])  # d_out x w, every partial product w columns wide
-        bt = chain([f.T for f in reversed(fs[: j + 1])])  # d_in x w
-        qa, ra = torch.linalg.qr(a)
-        qb, rb = torch.linalg.qr(bt)
-        uc, s, vch = torch.linalg.svd(ra @ rb.T)
-        return qa @ uc, s, qb @ vch.T
-    u, s, vh = torch.linalg.svd(chain(fs), full_matrices=False)
-    return u, s, vh.T
 
 
 def _cosines(a: torch.Tensor, q_ref: torch.Tensor) -> torch.Tensor:
@@ -304,14 +260,14 @@ def predicted_bases(
         raise UserError(f"r_hat must be >= 1, got {r_hat}")
     if eps <= 0:
         raise UserError(f"eps must be > 0, got {eps}")
-    _check_chain(weights0, "weights0")
-    ws = [_as64(w) for w in weights0]
+    check_chain(weights0, "weights0")
+    ws = [as_float64(w) for w in weights0]
     if 2 * r_hat > min(min(w.shape) for w in ws):
         raise UserError(
             f"2 r_hat = {2 * r_hat} exceeds the narrowest layer dimension "
             f"{min(min(w.shape) for w in ws)}; lower r_hat"
         )
-    _, v = compress_dense(ws, _as64(grad_first), r_hat, eps)
+    _, v = compress_dense(ws, as_float64(grad_first), r_hat, eps)
     bases = []
     for w in ws:
         u = orth(w @ v / eps)
@@ -496,7 +452,7 @@ def _orthonormal_pair(name: str, pair: Any, what: str) -> tuple[torch.Tensor, to
                 f"{what}[{name!r}]: {side} must be a 2-D basis with 1 <= columns <= rows, got "
                 f"shape {tuple(m.shape)}"
             )
-        out.append(orth(_as64(m)).cpu())
+        out.append(orth(as_float64(m)).cpu())
     return out[0], out[1]
 
 
@@ -575,7 +531,7 @@ class SubspaceRecorder:
                                  f"(sources: {sorted(self.sources)[:8]})")
             if not (isinstance(value, tuple | list) and len(value) == 3):
                 raise UserError(f"slices[{name!r}] must be a triple (M0, U, V)")
-            m0 = _as64(torch.as_tensor(value[0]))
+            m0 = as_float64(torch.as_tensor(value[0]))
             u, v = _orthonormal_pair(name, tuple(value[1:]), "slices")
             if m0.ndim != 2 or m0.shape != (u.shape[0], v.shape[0]):
                 raise UserError(
@@ -734,8 +690,8 @@ class SubspaceRecorder:
         factors = self.sources[name]()
         if isinstance(factors, torch.Tensor):
             factors = [factors]
-        _check_chain(factors, f"source {name!r}")
-        fs = [_as64(f) for f in factors]
+        check_chain(factors, f"source {name!r}")
+        fs = [as_float64(f) for f in factors]
         shapes = [(int(f.shape[0]), int(f.shape[1])) for f in fs]
         if tr.factor_shapes is None:
             tr.factor_shapes = shapes
