@@ -33,43 +33,41 @@ Cost of one record, per matrix with factors of sizes ``d_l x d_{l-1}`` and narro
 width ``w``: when ``w < min(d_out, d_in)`` (LoRA-like) the SVD never forms ``M``: two thin QRs
 and a ``w x w`` SVD, ``O(sum_l d_l d_{l-1} w + (d_out + d_in) w^2)``; otherwise one dense SVD
 ``O(d_out d_in min(d_out, d_in))``. Plus one small SVD per factor, ``O(k^2 (d_out + d_in))`` for
-the cosines and ``O(d_out d_in w)`` for ``outside`` (dense, only with a slice). Measured: for
-all-MiniLM-L6-v2 with Deep LoRA on query/value (12 matrices 384 x 384, width 8, depth 3) a
-record at k = 8 takes 10-18 ms on one (busy) CPU core, about 1% of a training step there
-(batch 16, sequence 64: 1.6 s), and ``finish()`` with ``reference="final"`` about 2 ms per record;
+the cosines and ``O(d_out d_in w)`` for ``outside`` (dense, only with a slice).
 :attr:`SubspaceRecorder.seconds_per_record` measures it on your run. Memory:
 ``reference="final"`` keeps the top-k vectors of every record until
 :meth:`SubspaceRecorder.finish`, in float32: ``4 (d_out + d_in) k`` bytes per matrix per record
-(MiniLM above: 0.3 MB per record, 0.3 GB for 1000 records; record less often with ``every`` /
-``steps``, or use ``reference="first"`` or a given reference, which keep only the numbers,
-``O(k L)`` per matrix per record). Cosines against the float32 vectors are accurate to ~1e-6.
+(record less often with ``every`` / ``steps``, or use ``reference="first"`` or a given
+reference, which keep only the numbers, ``O(k L)`` per matrix per record).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._io import FORMAT_VERSION, atomic_open, check_version, json_safe, read_json, write_json
-from ..errors import MissingFileError, UserError
+from ..errors import UserError
 from ..subspace import (
     as_float64,
     chain,
     chain_grads,
     check_chain,
-    compress_dense,
     factored_svd,
     orth,
+)
+from .recording import LayerTrace, Recording
+from .sources import (
+    Source,
+    model_sources,
+    predicted_bases,
+    solver_sources,
+    weight_sources,
 )
 
 if TYPE_CHECKING:
@@ -87,14 +85,7 @@ __all__ = [
     "weight_sources",
 ]
 
-Source = Callable[[], list[torch.Tensor]]
-"""Returns the current factors ``[W_1, ..., W_L]`` of one tracked matrix ``M = W_L ... W_1`` (a
-one-element list for a dense matrix); the tensors are only read."""
-
-KIND = "deeplora.recording"
 REFERENCES = ("final", "first", "predicted")
-_FIELDS = ("singular_values", "factor_singular_values", "cosines_left", "cosines_right",
-           "rank_atol", "rank_rtol", "outside")
 
 
 # ----------------------------------------------------------------------------- linear algebra
@@ -116,315 +107,6 @@ def _pad(values: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
     out = np.full((*v.shape[:-1], k), np.nan)
     out[..., : v.shape[-1]] = v
     return out
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-def model_sources(model: nn.Module, adapter_name: str = "default") -> dict[str, Source]:
-    """A source per adapted layer of ``model``, keyed by module path.
-
-    Deep LoRA branches (:func:`deeplora.adapters.adapter_branches`): ``dW = W_L ... W_1`` from
-    the branch factors. PEFT LoRA layers (modules with ``lora_A`` / ``lora_B`` ModuleDicts):
-    ``dW = scaling * B A``, factors ``[A.weight, scaling * B.weight]`` (convolution weights are
-    flattened to ``out x (in * kernel)``; DoRA's magnitude is not part of ``dW`` here).
-    """
-    from ..adapters.model import adapter_branches, adapter_configs
-
-    sources: dict[str, Source] = {}
-    if adapter_name in adapter_configs(model):
-        for path, _, branch in adapter_branches(model, adapter_name):
-            sources[path] = _branch_source(branch)
-    found: set[str] = set(adapter_configs(model))
-    for path, module in model.named_modules():
-        lora_a = module.__dict__.get("_modules", {}).get("lora_A")
-        lora_b = module.__dict__.get("_modules", {}).get("lora_B")
-        if not (isinstance(lora_a, nn.ModuleDict) and isinstance(lora_b, nn.ModuleDict)):
-            continue
-        found.update(lora_a.keys())
-        if adapter_name in lora_a and adapter_name in lora_b:
-            sources[path] = _peft_source(module, adapter_name)
-    if not sources:
-        known = f"; it has adapters {sorted(found)}" if found else ""
-        raise UserError(
-            f"no Deep LoRA or PEFT LoRA adapter named {adapter_name!r} on this "
-            f"{type(model).__name__}{known}: wrap it with Deep LoRA or PEFT LoRA first, or pass "
-            "sources yourself (weight_sources for full fine-tuning)"
-        )
-    return sources
-
-
-def _branch_source(branch: nn.Module) -> Source:
-    def read() -> list[torch.Tensor]:
-        return [f.detach() for f in branch.factors]  # type: ignore[union-attr]
-
-    return read
-
-
-def _peft_source(module: nn.Module, name: str) -> Source:
-    layer: Any = module
-
-    def read() -> list[torch.Tensor]:
-        a = layer.lora_A[name].weight.detach()
-        b = layer.lora_B[name].weight.detach()
-        scaling = module.__dict__.get("scaling", {}).get(name, 1.0)
-        return [a.flatten(1), float(scaling) * b.flatten(1)]
-
-    return read
-
-
-def weight_sources(model: nn.Module, names: Sequence[str]) -> dict[str, Source]:
-    """Full fine-tuning: ``dW = W(t) - W(now)`` for each named parameter (its value when this
-    is called is copied as the start; a copy per weight is the memory cost). Parameters with
-    more than two dimensions are flattened to ``shape[0] x rest``."""
-    params = dict(model.named_parameters())
-    if isinstance(names, str):
-        names = [names]
-    if not names:
-        raise UserError("weight_sources: no parameter names given; name the weights to track")
-    sources: dict[str, Source] = {}
-    for name in names:
-        if name not in params:
-            close = [p for p in params if p.endswith(name) or name in p][:5]
-            hint = f"; did you mean {close}" if close else ""
-            raise UserError(f"weight_sources: the model has no parameter {name!r}{hint}")
-        p = params[name]
-        if p.ndim < 2:
-            raise UserError(
-                f"weight_sources: {name} has shape {tuple(p.shape)}; only matrices (2-D or more) "
-                "have a spectrum to track"
-            )
-        sources[name] = _delta_source(p, p.detach().clone())
-    return sources
-
-
-def _delta_source(param: torch.Tensor, start: torch.Tensor) -> Source:
-    def read() -> list[torch.Tensor]:
-        return [(param.detach() - start).flatten(1)]
-
-    return read
-
-
-def solver_sources(solver: GradientDescent) -> dict[str, Source]:
-    """Sources of a deep-factorization solver (:mod:`deeplora.completion`).
-
-    :class:`~deeplora.completion.WideSolver`: ``"W1" ... "WL"`` (each layer) and
-    ``"end_to_end"`` (``W_L ... W_1``). :class:`~deeplora.completion.CompressedSolver`:
-    ``"inner1" ... "innerL"`` (each inner factor as stored, in the solver's orientation) and
-    ``"end_to_end"``, equal to ``solver.end_to_end()``: ``left @ P @ right.T`` with
-    ``P = inner_L ... inner_1``, or its transpose when the solver works on the transposed
-    problem (``m > n``).
-    """
-    from ..completion.compressed import CompressedSolver
-    from ..completion.wide import WideSolver
-
-    sources: dict[str, Source] = {}
-    if isinstance(solver, WideSolver):
-        for i in range(len(solver.weights)):
-            sources[f"W{i + 1}"] = _index_source(lambda: solver.weights, i)
-        sources["end_to_end"] = lambda: list(solver.weights)
-        return sources
-    if isinstance(solver, CompressedSolver):
-        for i in range(len(solver.inner)):
-            sources[f"inner{i + 1}"] = _index_source(lambda: solver.inner, i)
-
-        def end_to_end() -> list[torch.Tensor]:
-            if solver.transposed:  # f = right P^T left^T
-                return [solver.left.T, *[w.T for w in reversed(solver.inner)], solver.right]
-            return [solver.right.T, *solver.inner, solver.left]
-
-        sources["end_to_end"] = end_to_end
-        return sources
-    raise UserError(
-        f"solver_sources: expected a WideSolver or CompressedSolver, got {type(solver).__name__}; "
-        "pass sources yourself for other models"
-    )
-
-
-def _index_source(get: Callable[[], list[torch.Tensor]], i: int) -> Source:
-    return lambda: [get()[i]]
-
-
-def predicted_bases(
-    weights0: Sequence[torch.Tensor], grad_first: torch.Tensor, r_hat: int, eps: float
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer ``l`` the orthonormal ``(U_l, V_l)`` (2 r_hat columns) of the slice that moves
-    (docs/METHOD.md 2 and 3.1), from the init weights ``W_l(0) = eps * orthogonal`` and the init
-    gradient ``grad_first`` of ``W_1``:
-    ``V_1 = V11 = orth([V_G, W_1(0)^T U_G / eps])`` (:func:`deeplora.subspace.compress_dense`),
-    ``U_l = W_l(0) V_l / eps`` (orthonormalised; exactly orthonormal already when ``W_l(0)``
-    has orthonormal columns) and ``V_{l+1} = U_l``. Under gradient descent on factorization
-    ``W_l(t) - W_l(0)`` lies in ``span(U_l) x span(V_l)``.
-    """
-    if r_hat < 1:
-        raise UserError(f"r_hat must be >= 1, got {r_hat}")
-    if eps <= 0:
-        raise UserError(f"eps must be > 0, got {eps}")
-    check_chain(weights0, "weights0")
-    ws = [as_float64(w) for w in weights0]
-    if 2 * r_hat > min(min(w.shape) for w in ws):
-        raise UserError(
-            f"2 r_hat = {2 * r_hat} exceeds the narrowest layer dimension "
-            f"{min(min(w.shape) for w in ws)}; lower r_hat"
-        )
-    _, v = compress_dense(ws, as_float64(grad_first), r_hat, eps)
-    bases = []
-    for w in ws:
-        u = orth(w @ v / eps)
-        bases.append((u, v))
-        v = u
-    return bases
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class LayerTrace:
-    """What was recorded for one matrix over ``T`` records (nan where a value does not exist,
-    e.g. the 9th singular value of a rank-8 factorization)."""
-
-    singular_values: np.ndarray  # [T, k] top-k singular values of M (nan-padded)
-    factor_singular_values: np.ndarray  # [T, L, k] top-k of each factor (L = 1 for dense)
-    cosines_left: np.ndarray  # [T, k] principal-angle cosines, descending, left subspaces
-    cosines_right: np.ndarray  # [T, k] and right subspaces, against the reference
-    rank_atol: np.ndarray  # [T] int: #{s_i > rank_atol}
-    rank_rtol: np.ndarray  # [T] int: #{s_i > rank_rtol * s_1}
-    outside: np.ndarray | None = None  # [T] ||D - P_U D P_V||_F / ||D||_F, D = M(t) - M0
-
-
-def _jsonable(a: np.ndarray) -> Any:
-    """Nested lists with nan (and inf) as null."""
-    if a.dtype.kind in "iub":
-        return a.tolist()
-    out = a.astype(object)
-    out[~np.isfinite(a)] = None
-    return out.tolist()
-
-
-
-def _from_json(data: Any, dtype: type) -> np.ndarray:
-    if dtype is float:
-        arr = np.array(data, dtype=object)
-        arr[arr == None] = np.nan  # noqa: E711 (element-wise)
-        return arr.astype(np.float64)
-    return np.asarray(data, dtype=np.int64)
-
-
-@dataclass
-class Recording:
-    """The recorded series: one :class:`LayerTrace` per tracked matrix, aligned with ``steps``.
-
-    ``seconds`` is the wall time since the recorder was built minus the recorder's own time
-    (so it measures training alone). :meth:`save` writes ``.npz`` (exact) or ``.json``
-    (nested lists, nan as null) by the suffix, atomically, with a format version.
-    """
-
-    steps: np.ndarray  # [T] int
-    seconds: np.ndarray  # [T]
-    layers: dict[str, LayerTrace]
-    k: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write to ``path`` (``.npz`` or ``.json``), atomically."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        names = list(self.layers)
-        header = {"kind": KIND, "format_version": FORMAT_VERSION, "k": int(self.k),
-                  "meta": json_safe(self.meta)}
-        if suffix == ".json":
-            layers = {}
-            for name, tr in self.layers.items():
-                layers[name] = {f: (None if getattr(tr, f) is None else _jsonable(getattr(tr, f)))
-                                for f in _FIELDS}
-            write_json(path, {**header, "layer_order": names,
-                              "steps": np.asarray(self.steps, np.int64).tolist(),
-                              "seconds": _jsonable(np.asarray(self.seconds, np.float64)),
-                              "layers": layers})
-        elif suffix == ".npz":
-            arrays: dict[str, np.ndarray] = {
-                "header": np.array(json.dumps({**header, "layers": names})),
-                "steps": np.asarray(self.steps, np.int64),
-                "seconds": np.asarray(self.seconds, np.float64),
-            }
-            for i, tr in enumerate(self.layers.values()):
-                for f in _FIELDS:
-                    value = getattr(tr, f)
-                    if value is not None:
-                        arrays[f"{i}.{f}"] = np.asarray(value)
-            with atomic_open(path, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-        else:
-            raise UserError(f"Recording.save: {path} must end in .json or .npz")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Recording:
-        """Read a recording written by :meth:`save` (``.npz`` or ``.json``)."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        what = f"recording {path}"
-        if suffix == ".json":
-            data = read_json(path, "recording")
-            check_version(data, what, KIND)
-            try:
-                layers = {}
-                for name in data["layer_order"]:
-                    raw = data["layers"][name]
-                    layers[name] = LayerTrace(
-                        singular_values=_from_json(raw["singular_values"], float),
-                        factor_singular_values=_from_json(raw["factor_singular_values"], float),
-                        cosines_left=_from_json(raw["cosines_left"], float),
-                        cosines_right=_from_json(raw["cosines_right"], float),
-                        rank_atol=_from_json(raw["rank_atol"], int),
-                        rank_rtol=_from_json(raw["rank_rtol"], int),
-                        outside=None if raw["outside"] is None else _from_json(raw["outside"],
-                                                                               float),
-                    )
-                return cls(np.asarray(data["steps"], np.int64), _from_json(data["seconds"], float),
-                           layers, int(data["k"]), dict(data["meta"]))
-            except (KeyError, TypeError, ValueError) as e:
-                raise UserError(f"{what} is incomplete or corrupt ({e!r})") from e
-        if suffix == ".npz":
-            if not path.is_file():
-                raise MissingFileError(f"recording: {path} does not exist; check the path")
-            try:
-                with np.load(path, allow_pickle=False) as npz:
-                    files = {k: npz[k] for k in npz.files}
-            except (OSError, ValueError) as e:
-                raise UserError(f"{what} is not a readable .npz file ({e})") from e
-            if "header" not in files:
-                raise UserError(f"{what}: not a deeplora recording (no header); "
-                                 "expected a file written by Recording.save")
-            try:
-                header = json.loads(str(files["header"]))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{what}: its header is not valid JSON; the file is corrupt") \
-                    from e
-            if not isinstance(header, dict):
-                raise UserError(f"{what}: its header is not a JSON object; the file is corrupt")
-            check_version(header, what, KIND)
-            try:
-                layers = {}
-                for i, name in enumerate(header["layers"]):
-                    def get(f: str, i: int = i) -> np.ndarray:
-                        return files[f"{i}.{f}"]
-
-                    layers[name] = LayerTrace(
-                        get("singular_values"), get("factor_singular_values"),
-                        get("cosines_left"), get("cosines_right"), get("rank_atol"),
-                        get("rank_rtol"),
-                        files.get(f"{i}.outside"),
-                    )
-                return cls(files["steps"], files["seconds"], layers, int(header["k"]),
-                           dict(header["meta"]))
-            except KeyError as e:
-                raise UserError(f"{what} is incomplete ({e!r} missing); the file is corrupt") \
-                    from e
-        raise UserError(f"Recording.load: {path} must end in .json or .npz")
 
 
 # ----------------------------------------------------------------------------- the recorder
