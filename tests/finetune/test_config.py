@@ -48,7 +48,7 @@ def test_round_trip() -> None:
         ({"balanced": True}, "balanced sampling needs n"),
         ({"balanced": True, "n": 4, "task": "regression"}, "balanced sampling needs classes"),
         ({"eval_fraction": 0}, "eval_fraction must be > 0"),
-        ({"eval_fraction": 1}, "eval_fraction must be < 1"),
+        ({"eval_fraction": 1}, "eval_fraction must be > 0 and < 1"),
         ({"lr": 0}, "lr must be > 0"),
         ({"lr": float("nan")}, "lr must be a finite number"),
         ({"head_lr": -1}, "head_lr must be > 0"),

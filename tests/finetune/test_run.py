@@ -21,7 +21,10 @@ TEXT = dict(steps=30, batch_size=8, lr=1e-2, head_lr=1e-2, max_length=16, progre
 
 
 def config(model: Path, **kwargs: object) -> FinetuneConfig:
-    return FinetuneConfig(model=str(model), **{**TEXT, **kwargs})  # type: ignore[arg-type]
+    settings = {**TEXT, **kwargs}
+    if settings.get("task") == "causal-lm":
+        del settings["head_lr"]  # a causal LM has no new head
+    return FinetuneConfig(model=str(model), **settings)  # type: ignore[arg-type]
 
 
 def test_classification_end_to_end(models: dict[str, Path], tmp_path: Path) -> None:
@@ -152,6 +155,10 @@ def test_resume_gives_the_uninterrupted_result(models: dict[str, Path], tmp_path
                  out=out, resume=True)  # fmt: skip
     with pytest.raises(ValueError, match="other training data"):
         finetune(reviews(40, seed=5), cfg, evaluation=held, out=out, resume=True)
+    renamed = table.replace({"label": {"positive": "pos"}})  # same rows and order, other names
+    with pytest.raises(ValueError, match="other training data"):
+        finetune(renamed, cfg, evaluation=held.replace({"label": {"positive": "pos"}}),
+                 out=out, resume=True)  # fmt: skip
 
     steps_seen: list[int] = []
     resumed = finetune(table, cfg, evaluation=held, out=out, resume=True,

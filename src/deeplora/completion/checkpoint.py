@@ -64,6 +64,9 @@ def load(solver: GradientDescent, folder: str | os.PathLike[str]) -> None:
             "centering or validation part); resume with the same data or use a new "
             "checkpoint folder"
         )
+    if meta["step"] > solver.config.max_steps:
+        raise UserError(f"checkpoint in {folder} is at step {meta['step']}, beyond max_steps "
+                        f"{solver.config.max_steps}; resume with a larger step budget")
     tensors = read_tensors(folder / meta["tensors"], "checkpoint")
     for name, value in solver.parameters().items():
         key = f"param.{name}"

@@ -99,11 +99,13 @@ class CompressedConfig(SolverConfig):
         if self.rank is not None and self.rank < 1:
             raise UserError(f"rank must be >= 1 (or None: chosen from the data), got "
                              f"{self.rank}")
-        if self.gamma is not None and self.gamma < 0:
-            raise UserError(f"gamma must be >= 0 (or None for the default), got {self.gamma}")
-        if self.outer_step is not None and not self.outer_step > 0:
-            raise UserError(f"outer_step must be > 0 (or None: the paper's gamma), got "
-                             f"{self.outer_step}")
+        if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma >= 0):
+            raise UserError(f"gamma must be >= 0 and finite (or None for the default), "
+                            f"got {self.gamma}")
+        if self.outer_step is not None and not (math.isfinite(self.outer_step)
+                                                and self.outer_step > 0):
+            raise UserError(f"outer_step must be > 0 and finite (or None: the paper's "
+                            f"gamma), got {self.outer_step}")
         if self.init not in ("identity", "orthogonal"):
             raise UserError(f"init must be 'identity' or 'orthogonal', got {self.init!r}")
         if self.basis not in (None, "gradient", "normalized"):

@@ -3,6 +3,7 @@ themselves to the data (docs/METHOD.md 5) and the paper's one call away (:meth:`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -46,10 +47,17 @@ class SolverConfig:
     progress: bool = True  # tqdm progress bar (also off when not a terminal)
 
     def __post_init__(self) -> None:
+        for name in ("init_scale", "init_relative", "lr", "lr_factor", "momentum", "tol",
+                     "target_error", "patience_ratio", "min_improvement", "blowup"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int | float) and math.isfinite(value)),
+                   f"{name} must be a finite number, got {value!r}")
         _check(self.depth >= 2, f"depth must be >= 2 (a product of factors), got {self.depth}")
-        _check(self.init_scale is None or self.init_scale > 0,
-               f"init_scale must be > 0 (or None: relative to the data), got {self.init_scale}")
+        _check(self.init_scale is None or 0 < self.init_scale <= 1e6,
+               f"init_scale must be > 0 and <= 1e6 (or None: relative to the data), got "
+               f"{self.init_scale}")
         _check(self.init_relative > 0, f"init_relative must be > 0, got {self.init_relative}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.patience_ratio >= 0,
                f"patience_ratio must be >= 0, got {self.patience_ratio}")

@@ -91,17 +91,23 @@ def read_entries(path: str | os.PathLike[str],
     path = Path(path)
     df = read_fields(path, 3, "row_id,col_id,value", sep)
     header = None
-    if len(df) and not _is_number(df.iloc[0, 2]):
+    if len(df) and not _is_number(df.iloc[0, 2]) and not _ids_recur(df):
         header = ",".join(df.iloc[0])
         df = df.iloc[1:]
         if df.empty:
             raise TableError(f"{path} has a header line ({header}) but no data lines")
     _check_ids(df, path, ["row ID", "column ID"])
     values = pd.to_numeric(df[2], errors="coerce")
-    bad = values.isna().to_numpy()
+    bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
     if bad.any():
         line = df.index[bad][0]
-        raise TableError(f"{path} line {line}: the value {df.loc[line, 2]!r} is not a number")
+        text = df.loc[line, 2]
+        fields = _fields_on_line(path, line, _separator(path, sep))
+        if fields < 3:
+            raise TableError(f"{path} line {line}: expected 3 fields (row_id,col_id,value), "
+                             f"found {fields}")
+        what = "not a finite number" if _is_float(text) else "not a number"
+        raise TableError(f"{path} line {line}: the value {text!r} is {what}")
     repeated = df.duplicated([0, 1], keep="first").to_numpy()
     if repeated.any():
         line = df.index[repeated][0]
@@ -140,6 +146,29 @@ def read_pairs(path: str | os.PathLike[str], row_ids: Sequence[Hashable],
                 f"{', '.join(repr(x) for x in known[:3])}"
             )
     return pd.DataFrame({"row_id": df[0], "col_id": df[1]}), header
+
+
+def _ids_recur(df: pd.DataFrame) -> bool:
+    """Whether the first line's row or column ID is also an ID on a later line: then the line
+    is data (with a bad value), not a header."""
+    rest = df.iloc[1:]
+    return bool((rest[0] == df.iloc[0, 0]).any() or (rest[1] == df.iloc[0, 1]).any())
+
+
+def _fields_on_line(path: Path, line: int, separator: str) -> int:
+    with open(path, encoding="utf-8-sig") as f:
+        for number, text in enumerate(f, start=1):
+            if number == line:
+                return len(text.rstrip("\r\n").split(separator))
+    return 0
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_number(text: str) -> bool:

@@ -104,7 +104,8 @@ class FinetuneConfig:
             raise UserError("balanced sampling needs n, the number of training examples")
         _number("eval_fraction", self.eval_fraction, low=0.0, high=1.0, open_low=True)
         if self.eval_fraction >= 1:
-            raise UserError(f"eval_fraction must be < 1, got {self.eval_fraction}; try 0.2")
+            raise UserError(f"eval_fraction must be > 0 and < 1, got {self.eval_fraction}; "
+                            "try 0.2")
         for name, low in (("max_length", 2), ("rank", 1), ("depth", 2), ("steps", 0),
                           ("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0),
                           ("checkpoint_every", 1), ("generations", 0), ("max_new_tokens", 1),
@@ -140,17 +141,34 @@ class FinetuneConfig:
         self._check_applies()
 
     def _check_applies(self) -> None:
-        """Refuse a setting changed from its default under a method that ignores it."""
-        deep = self.method == "deep-lora"
-        applies = {"rank": self.method != "full", "target_modules": self.method != "full",
-                   "depth": deep, "init": deep, "init_scale": deep,
-                   "gamma": deep and self.init == "compressed", "lora_alpha": self.method == "lora"}
+        """Refuse a setting changed from its default under a method or task that ignores it,
+        and one column named for two roles."""
+        deep, lm = self.method == "deep-lora", self.task == "causal-lm"
+        by_method = {"rank": self.method != "full", "target_modules": self.method != "full",
+                     "depth": deep, "init": deep, "init_scale": deep,
+                     "gamma": deep and self.init == "compressed",
+                     "lora_alpha": self.method == "lora"}
+        by_task = {"generations": lm, "max_new_tokens": lm, "head_lr": not lm,
+                   "text_column": not lm, "label_column": not lm, "prompt_column": lm,
+                   "completion_column": lm}
         defaults = {f.name: f.default for f in fields(self)}
-        for name, used in applies.items():
-            if not used and getattr(self, name) != defaults[name]:
-                where = f"method={self.method!r}" + (f", init={self.init!r}" if deep else "")
-                raise UserError(f"{name}={getattr(self, name)!r} has no effect with {where}; "
-                                 f"drop it or choose a method that uses it")
+        for applies, where in ((by_method, f"method={self.method!r}"
+                                + (f", init={self.init!r}" if deep else "")),
+                               (by_task, f"task={self.task!r}")):
+            for name, used in applies.items():
+                if not used and getattr(self, name) != defaults[name]:
+                    raise UserError(f"{name}={getattr(self, name)!r} has no effect with "
+                                    f"{where}; drop it or choose one that uses it")
+        roles = ([("prompt_column", self.prompt_column),
+                  ("completion_column", self.completion_column)] if lm else
+                 [("text_column", self.text_column), ("label_column", self.label_column),
+                  ("pair_column", self.pair_column)])
+        named = [(role, column) for role, column in roles if column is not None]
+        for i, (role, column) in enumerate(named):
+            for other, same in named[i + 1:]:
+                if column == same:
+                    raise UserError(f"{role} and {other} are both {column!r}: a column "
+                                    "serves one role; name each its own")
 
     @property
     def learning_rate(self) -> float:

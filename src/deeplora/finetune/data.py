@@ -13,6 +13,7 @@ takes ``n // classes`` examples of every class (the remainder to classes chosen 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeAlias
@@ -51,7 +52,7 @@ def read_table(source: TableSource, what: str = "data") -> pd.DataFrame:
         raise UserError(f"{what}: {path} is empty; expected a header and rows")
     try:
         if SUFFIXES[suffix] is None:
-            table = pd.read_json(path, lines=True, dtype=False)
+            table = _read_jsonl(path, what)
         else:
             table = pd.read_csv(path, sep=SUFFIXES[suffix], dtype=str, keep_default_na=False,
                                 encoding="utf-8-sig")
@@ -98,6 +99,25 @@ class Examples:
             label=None if self.label is None else self.label[idx],
             rows=None if self.rows is None else self.rows[idx],
         )
+
+
+def _read_jsonl(path: Path, what: str) -> pd.DataFrame:
+    """One JSON object per non-blank line (UTF-8, a byte order mark allowed)."""
+    records = []
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{what}: {path} line {number}: not valid JSON ({e.msg}); each "
+                                "line must be one JSON object") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{what}: {path} line {number}: a JSON {type(record).__name__}, "
+                                'not an object; write one object per line, e.g. {"text": ...}')
+            records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
 def _strings(table: pd.DataFrame, column: str, what: str) -> list[str]:

@@ -139,6 +139,12 @@ def load_pretrained(source: ModelSource, task: Task) -> tuple[nn.Module, Any]:
         raise UserError(
             f"{source} is an encoder-decoder model; causal-lm needs a decoder-only one"
         )
+    architectures = list(getattr(config, "architectures", None) or [])
+    decoder = getattr(config, "is_decoder", False) or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    if task == "causal-lm" and architectures and not decoder:
+        raise UserError(f"{source} is an encoder ({', '.join(architectures)}), not a language "
+                        "model; causal-lm needs a decoder-only one (e.g. the default, smollm2)")
     auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModel
     # dequantising a GGUF file shows a tqdm bar that the transformers setting does not reach
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):

@@ -248,6 +248,10 @@ def finetune(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     pretrained, tokenizer = load_pretrained(source, config.task)
+    positions = getattr(pretrained.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and config.max_length > positions:
+        raise UserError(f"max_length={config.max_length} is more than the {positions} positions "
+                        f"of {source}; use --max-length {positions} or less")
     task = make_task(train_ex, tokenizer)
     pad_id = pad_token_id(tokenizer)
     train_features = task.encode(train_ex, tokenizer, config.max_length)
@@ -286,7 +290,7 @@ def finetune(
         adapted, task, train_features, config, pad_id,
         evaluate=lambda: run_eval(adapted.model)[0],
         checkpoint=None if out_dir is None else out_dir / CHECKPOINT,
-        fingerprint=fingerprint(train_features),
+        fingerprint=fingerprint(train_features, getattr(task, "classes", ())),
     )  # fmt: skip
     history = trainer.run(resume=resume, on_step=on_step)
     if main:

@@ -80,9 +80,11 @@ def collate(features: Sequence[Features], pad_id: int) -> Batch:
     return batch
 
 
-def fingerprint(features: Sequence[Features]) -> str:
-    """A hash of encoded examples (a checkpoint refuses other data)."""
+def fingerprint(features: Sequence[Features], classes: Sequence[str] = ()) -> str:
+    """A hash of encoded examples and the class names (a checkpoint refuses other data)."""
     digest = hashlib.sha256()
+    if classes:
+        digest.update(f"classes={list(classes)!r};".encode())
     for f in features:
         for key in sorted(f):
             digest.update(f"{key}={f[key]!r};".encode())
