@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from deeplora.bench import fewshot
-from deeplora.bench.fewshot import Job, RunLog, Settings, aggregate, select_lrs
 from deeplora.cli import main
 from deeplora.finetune import DEFAULT_LR, FinetuneConfig
+from deeplora.harness import fewshot, fewshot_report
+from deeplora.harness.fewshot import Job, RunLog, Settings, select_lrs
+from deeplora.harness.fewshot_report import aggregate
 
 torch.set_num_threads(1)
 
@@ -89,7 +90,7 @@ def test_missed_targets() -> None:
     rs = summary["targets"]["rank_spread"]
     assert rs["deep_lora"] == pytest.approx(0.10) and rs["lora"] == pytest.approx(0.08)
     assert rs["met"] is False
-    text = fewshot.render(summary, _selection(SMALL), SMALL)
+    text = fewshot_report.render(summary, _selection(SMALL), SMALL)
     assert "MISSED" in text and "0.790 ± 0.014" in text
 
 
@@ -152,7 +153,7 @@ def test_plot_writes_png_and_svg(tmp_path: Path) -> None:
             (64, 8): [0.80, 0.82]}  # fmt: skip
     lora = {(16, 4): [0.60, 0.62], (16, 8): [0.7, 0.7], (16, 16): [0.66, 0.68], (64, 8): [0.8]}
     summary = aggregate(synthetic(SMALL, deep, lora), SMALL)
-    written = fewshot.plot(summary, SMALL, tmp_path / "plots" / "fewshot.png", majority=0.65)
+    written = fewshot_report.plot(summary, SMALL, tmp_path / "plots" / "fewshot.png", majority=0.65)
     png, svg = written
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     text = svg.read_text()

@@ -29,8 +29,8 @@ torch.set_num_threads(1)
 
 # --------------------------------------------------------------------------- 5 fewshot
 def test_fewshot_smoke_reuses_the_bench_and_resumes(tmp_path: Path) -> None:
-    from deeplora.bench.fewshot import aggregate
     from deeplora.experiments.fewshot import SMOKE
+    from deeplora.harness.fewshot_report import aggregate
 
     record = run_experiment("fewshot", "smoke", tmp_path)
     folder = tmp_path / "fewshot"

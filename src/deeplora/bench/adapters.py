@@ -90,7 +90,7 @@ from ..errors import UserError
 from ..finetune.data import load_reviews
 from ..finetune.models import minilm_folder, quiet_transformers, smollm_gguf
 from ..finetune.tasks import PooledModel
-from ._common import (
+from ..harness.machine import (
     PeakMemory,
     describe_machine,
     fmt,

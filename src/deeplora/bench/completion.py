@@ -68,7 +68,7 @@ from ..completion.results import relative_error
 from ..completion.solver import DivergenceError, GradientDescent
 from ..completion.wide import WideConfig, WideSolver
 from ..errors import UserError
-from ._common import (
+from ..harness.machine import (
     PeakMemory,
     describe_machine,
     fmt,
@@ -77,6 +77,7 @@ from ._common import (
     seconds_per_call,
     table,
 )
+from ..harness.matrix import PAPER_LR, SAMPLE_OFFSET, SOLVER_OFFSET
 
 SECTIONS = ("wide", "floor", "sample", "scale")
 DEFAULT_SECTIONS = ("wide", "floor", "sample")
@@ -85,17 +86,12 @@ RANK = 5  # r of every synthetic target
 FRACTION = 0.2  # p, observed fraction in the wide and floor sections
 DEPTH = 3  # L
 EPS = 1e-3  # init scale
-PAPER_LR = 5e-3  # the paper's eta = 5e-3 m n on its mean loss, on our plain-sum loss
 ERRORS = (1e-3, 1e-6)  # relative errors whose crossing is reported
 SUCCESS = 1e-3  # sample efficiency: success means relative error <= this
 # Synthetic runs count a loss above BLOWUP x its initial value as divergence (the library's
 # default, 1e4, lets a step just past the stability edge oscillate for the whole budget).
 BLOWUP = 1.5
 
-# Seeds: the target, the sampled entries and each solver's init draw from unrelated streams.
-# (With one seed for all, ALS's Gaussian start equals the target's X up to scale at seed 0.)
-SAMPLE_OFFSET = 1_000
-SOLVER_OFFSET = 2_000
 
 
 @dataclass

@@ -58,7 +58,7 @@ from ..completion import (
 from ..completion.baselines import soft_impute_validated
 from ..completion.compressed import default_rank
 from ..errors import UserError
-from ._common import describe_machine, fmt, machine_info, table
+from ..harness.machine import describe_machine, fmt, machine_info, table
 
 RANK = 5  # true rank of the synthetic tables
 SNR = 10.0  # noisy table: RMS of the signal over RMS of the noise

@@ -30,7 +30,7 @@ import torch
 
 from .._io import write_json
 from ..errors import UserError
-from ._common import describe_machine, fmt, machine_info, table
+from ..harness.machine import describe_machine, fmt, machine_info, table
 
 RANK = 5
 

@@ -97,7 +97,7 @@ def run_experiment(
     start = time.perf_counter()
     results = exp.runner()(ctx)
     seconds = time.perf_counter() - start
-    from ..bench._common import machine_info
+    from ..harness.machine import machine_info
 
     record = {
         "kind": RESULTS_KIND,

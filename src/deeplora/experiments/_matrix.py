@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from ..bench.completion import PAPER_LR, SAMPLE_OFFSET, SOLVER_OFFSET
 from ..completion.compressed import CompressedConfig, CompressedSolver
 from ..completion.data import LowRankMatrix, Observations, random_low_rank, sample_entries
 from ..completion.solver import GradientDescent
+from ..harness.matrix import PAPER_LR, SAMPLE_OFFSET, SOLVER_OFFSET
 
 __all__ = [
     "DEPTH",

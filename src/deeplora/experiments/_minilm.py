@@ -1,6 +1,6 @@
 """What experiments 6 and 7 share: all-MiniLM-L6-v2 fine-tuned on the Amazon fine-food reviews
 through :func:`deeplora.finetune.finetune` (the reviews and their stratified test subsample are
-the few-shot benchmark's, :mod:`deeplora.bench.fewshot`)."""
+the few-shot benchmark's, :mod:`deeplora.harness.fewshot`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..bench.fewshot import LABEL, TEXT, stratified
 from ..finetune import FinetuneConfig, load_reviews
+from ..harness.fewshot import LABEL, TEXT, stratified
 
 PREFIXES = ("base_model.model.", "backbone.")  # PEFT's wrapper, the task model's backbone
 # Deep LoRA in both: the paper's init scale (docs/METHOD.md 4), not the library's default, at a rate

@@ -1,6 +1,6 @@
 """Experiment 5 (docs/METHOD.md 4.1): Deep LoRA against PEFT's LoRA as the number of training
 examples n and the rank change, through the few-shot benchmark harness
-(:mod:`deeplora.bench.fewshot`: the same data split, cells, lr selection, workers, run log and
+(:mod:`deeplora.harness.fewshot`: the same data split, cells, lr selection, workers, run log and
 aggregation as ``deeplora bench fewshot``).
 
 Task: all-MiniLM-L6-v2 on the Amazon fine-food reviews (great / other), test accuracy; the
@@ -10,7 +10,7 @@ nearly independent of the rank while LoRA's falls at high rank.
 
 Deep LoRA runs at the library defaults (depth 3, eps 3e-2, lr 1e-3); PEFT LoRA has
 ``lora_alpha = 2 * rank`` and its learning rate chosen per n on a validation split held out of
-the training reviews (the bench's protocol, :mod:`deeplora.bench.fewshot`). Reported per cell:
+the training reviews (the bench's protocol, :mod:`deeplora.harness.fewshot`). Reported per cell:
 test accuracy and macro-F1, mean ± std over seeds, the spread of the mean accuracy across
 ranks (max - min) and the bench's two targets.
 
@@ -36,21 +36,20 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ..bench.fewshot import (
+from ..harness.fewshot import (
     FULL as BENCH_FULL,
 )
-from ..bench.fewshot import (
+from ..harness.fewshot import (
     LABEL,
     LABELS,
     SPREAD_TARGET,
     Job,
     RunLog,
     Settings,
-    aggregate,
     load_tables,
-    render,
     run_benchmark,
 )
+from ..harness.fewshot_report import aggregate, render
 from . import Context
 
 SMOKE = Settings(ns=(8,), ranks=(8,), base_rank=8, rank_n=8, seeds=1, lora_lrs=(5e-4,),

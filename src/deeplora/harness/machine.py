@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmarks: machine facts, timing, peak memory, isolated runs and
-plain-text tables.
+"""What the benchmarks and the experiments share to measure: machine facts, timing, peak
+memory, isolated runs and plain-text tables.
 
 Peak memory is the resident set size (RSS) of the process, which sees torch's CPU
 allocations (``tracemalloc`` does not). On Linux the high-water mark is reset before a
