@@ -88,8 +88,8 @@ DEPTH = 3  # L
 EPS = 1e-3  # init scale
 ERRORS = (1e-3, 1e-6)  # relative errors whose crossing is reported
 SUCCESS = 1e-3  # sample efficiency: success means relative error <= this
-# Synthetic runs count a loss above BLOWUP x its initial value as divergence (the library's
-# default, 1e4, lets a step just past the stability edge oscillate for the whole budget).
+# Synthetic runs count a loss above BLOWUP x its initial value as divergence (a larger value
+# lets a step just past the stability edge oscillate for the whole budget).
 BLOWUP = 1.5
 
 

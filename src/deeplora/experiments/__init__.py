@@ -5,8 +5,8 @@ numbers at the size ``ctx.size`` asks for, writes its figures through ``ctx.figu
 (PNG and SVG) and returns a JSON-ready dict with a ``"summary"`` list of short lines to print.
 :func:`run_experiment` times it and writes ``OUT/NAME/results.json`` atomically, last.
 
-Sizes: ``smoke`` (seconds; the test suite runs it), ``default`` (CPU-sized: all experiments
-together fit in an hour on 2 cores), ``full`` (the paper's sizes).
+Sizes: ``smoke`` (seconds; the test suite runs it), ``default`` (CPU-sized;
+docs/REPRODUCTION.md gives the times), ``full`` (the paper's sizes).
 """
 
 from __future__ import annotations
