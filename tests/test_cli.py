@@ -38,7 +38,7 @@ def test_defaults_complete_an_exactly_low_rank_table(tmp_path, capsys):
     assert metrics["test"]["relative_error"] < 1e-4
     assert metrics["test"]["rmse"] < 1e-3 * metrics["test"]["baselines"]["mean"]["rmse"]
     assert metrics["split"]["test"] == round(0.1 * len(obs))
-    assert metrics["fit"]["rank"] >= 3 and metrics["fit"]["center"] == "joint"
+    assert metrics["fit"]["r_hat"] >= 3 and metrics["fit"]["center"] == "joint"
 
 
 def test_complete_writes_model_predictions_and_top_k(table, tmp_path, capsys):

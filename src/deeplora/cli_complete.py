@@ -45,7 +45,7 @@ DEFAULT_VAL_FRACTION = 0.1
 # CompressedConfig / WideConfig fields set from options of the same name (None: the default)
 _SOLVER_FIELDS = ("depth", "init_scale", "init_relative", "lr", "lr_factor", "momentum",
                   "max_steps", "patience", "eval_every", "dtype", "seed")
-_COMPRESSED_FIELDS = ("rank", "gamma", "outer_step", "basis")
+_COMPRESSED_FIELDS = ("r_hat", "gamma", "outer_step", "basis")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="clip predictions to [LOW, HIGH] (demo: 0.5 5)")
     g = p.add_argument_group("solver (defaults calibrate themselves to the table)")
-    g.add_argument("--rank", type=int, help="r_hat (default: the largest rank the entries can "
+    g.add_argument("--rank", type=int, dest="r_hat",
+                   help="the assumed rank r_hat (default: the largest rank the entries can "
                                             "determine, at most half the smaller side)")
     g.add_argument("--depth", type=int, help="number of factors L (default 3)")
     g.add_argument("--solver", choices=["compressed", "wide"], default="compressed",
@@ -136,7 +137,7 @@ def _config(args: argparse.Namespace, main: bool) -> Any:
     given = {f: getattr(args, f) for f in _SOLVER_FIELDS if getattr(args, f) is not None}
     given["progress"] = main and not args.no_progress
     if args.solver == "wide":
-        for flag, field in (("--rank", "rank"), ("--gamma", "gamma"),
+        for flag, field in (("--rank", "r_hat"), ("--gamma", "gamma"),
                             ("--outer-step", "outer_step"), ("--basis", "basis")):
             if getattr(args, field) is not None:
                 raise UserError(f"{flag} applies to --solver compressed only")
@@ -214,7 +215,7 @@ def _complete(args: argparse.Namespace, *, main: bool) -> int:
         return 0
     model.observed_rows, model.observed_cols = obs.rows, obs.cols  # top-k skips every input
     info = model.info
-    rank = f"r_hat {info['rank']}, " if "rank" in info else ""
+    rank = f"r_hat {info['r_hat']}, " if "r_hat" in info else ""
     print(f"{info['solver']}: {rank}eps {info['init_scale']:.3g}, lr {info['lr']:.3g}; "
           f"{info['steps']:,} steps (stopped: {info['stopped']})")
     metrics: dict[str, Any] = {"input": source, "shape": list(obs.shape), "entries": len(obs),

@@ -59,7 +59,7 @@ def test_scale_section_runs_at_the_defaults_or_a_given_basis(tmp_path: Path,
                  "--scale-minutes", "0.05", "--json", str(out)]) == 0
     scale = json.loads(out.read_text())["sections"]["scale"]
     assert scale["basis"] == (basis or "normalized")
-    assert scale["rank"] >= 5  # r_hat from the data: at least the true rank here
+    assert scale["r_hat"] >= 5  # r_hat from the data: at least the true rank here
     assert scale["shape"] == [3000, 3000] and scale["steps"] > 0
     assert math.isfinite(scale["final_rel_error"])
 

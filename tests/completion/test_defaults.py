@@ -54,7 +54,7 @@ def test_the_same_table_at_three_scales_gives_the_same_run():
 def test_exact_low_rank_is_recovered_with_every_default(shift):
     target, obs = _table(shift=shift, seed=4)
     model = complete(obs)  # no settings at all: config, validation part, centering
-    assert model.info["center"] == "joint" and model.info["rank"] >= 3
+    assert model.info["center"] == "joint" and model.info["r_hat"] >= 3
     assert _error(model, target, shift) <= 1e-3
 
 
@@ -62,7 +62,7 @@ def test_joint_offsets_fit_a_low_rank_table_at_its_own_rank():
     """Offsets fitted first leave a residual of rank r + 2, which r_hat = r cannot fit; learned
     jointly, they do not get in the way."""
     target, obs = _table(rank=4, shift=1.5, seed=2)
-    config = CompressedConfig(rank=4, progress=False)
+    config = CompressedConfig(r_hat=4, progress=False)
     joint = complete(obs, config, center="joint")
     fixed = complete(obs, config, center="biases")
     assert _error(joint, target, 1.5) <= 1e-3
@@ -103,7 +103,7 @@ def test_solvers_on_one_objective_start_alike():
     """Offsets are state of the objective: a second solver on it starts where the first did."""
     _, obs = _table(shift=1.0)
     problem = Completion(obs, offsets=True)
-    config = CompressedConfig(rank=3, max_steps=200, tol=0.0, progress=False)
+    config = CompressedConfig(r_hat=3, max_steps=200, tol=0.0, progress=False)
     first = CompressedSolver(problem, config).run()
     second = CompressedSolver(problem, config).run()
     torch.testing.assert_close(first.left, second.left, rtol=0, atol=0)
@@ -136,7 +136,7 @@ def _two_scales():
 
 def test_the_stop_waits_for_a_singular_value_on_its_way(monkeypatch):
     dense, (train, val) = _two_scales()
-    config = CompressedConfig(rank=2, patience=3, eval_every=20, tol=0.0, momentum=0.0,
+    config = CompressedConfig(r_hat=2, patience=3, eval_every=20, tol=0.0, momentum=0.0,
                               max_steps=20_000, progress=False)
     waited = CompressedSolver(Completion(train, offsets=False), config, validation=val,
                               truth=dense).run()

@@ -31,7 +31,7 @@ def ratings():
 @pytest.fixture(scope="module")
 def fitted(ratings):
     train, val = ratings.split(0.2, seed=0)
-    cfg = CompressedConfig(rank=3, init_scale=0.05, max_steps=5000, patience=5, eval_every=50,
+    cfg = CompressedConfig(r_hat=3, init_scale=0.05, max_steps=5000, patience=5, eval_every=50,
                            progress=False)
     return complete(train, cfg, validation=val, center="biases", clip=(0.0, 6.0)), train, val
 

@@ -27,7 +27,8 @@ def _max_trajectory_gap(problem, target, steps, rank, init="identity", exact=Fal
     wide = WideSolver(problem, WideConfig.paper(init=init, lr_factor=lr_factor, progress=False,
                                                 seed=3, momentum=momentum))
     comp = CompressedSolver(problem, CompressedConfig.paper(
-        rank=rank, lr=wide.lr, init=init, exact_basis=exact, progress=False, seed=3,
+        r_hat=rank, lr=wide.lr, construction="sparse" if init == "identity" else "dense",
+        exact_basis=exact, progress=False, seed=3,
         momentum=momentum))
     norm = np.linalg.norm(target)
     gap = 0.0
@@ -80,7 +81,7 @@ def test_compressed_step_is_gradient_descent_on_the_compressed_network():
     """Every update equals -lr (inner) or -gamma*lr (outer) times the autograd gradient."""
     target = random_low_rank(15, 25, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    solver = CompressedSolver(obs, CompressedConfig.paper(rank=3, gamma=0.5, lr=1e-2,
+    solver = CompressedSolver(obs, CompressedConfig.paper(r_hat=3, gamma=0.5, lr=1e-2,
                                                           progress=False))
     for _ in range(300):  # leave the init so that every gradient is sizeable
         solver.step()
@@ -101,7 +102,7 @@ def test_compressed_step_is_gradient_descent_on_the_compressed_network():
 def test_momentum_step_is_the_heavy_ball_update_and_restarts_when_the_loss_rises():
     target = random_low_rank(15, 25, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    solver = CompressedSolver(obs, CompressedConfig(rank=3, gamma=0.5, lr=1e-2, momentum=0.8,
+    solver = CompressedSolver(obs, CompressedConfig(r_hat=3, gamma=0.5, lr=1e-2, momentum=0.8,
                                                     progress=False))
     for _ in range(300):
         solver.step()
@@ -146,12 +147,12 @@ def test_completion_recovers_with_gamma_and_stalls_without():
     the init gradient, which for completion is not the target's subspace (docs/METHOD.md 3.1)."""
     target = random_low_rank(40, 40, 2, seed=0)
     obs = sample_entries(target, fraction=0.35, seed=0)
-    cfg = CompressedConfig.paper(rank=2, gamma=0.01, max_steps=30_000, target_error=1e-5,
+    cfg = CompressedConfig.paper(r_hat=2, gamma=0.01, max_steps=30_000, target_error=1e-5,
                                  eval_every=100, progress=False)
     moving = CompressedSolver(obs, cfg, truth=target).run()
     assert moving.stopped == "target_error"
     assert moving.history.rel_error[-1] <= 1e-4
-    cfg = CompressedConfig.paper(rank=2, gamma=0.0, max_steps=moving.steps, eval_every=100,
+    cfg = CompressedConfig.paper(r_hat=2, gamma=0.0, max_steps=moving.steps, eval_every=100,
                                  progress=False)
     frozen = CompressedSolver(obs, cfg, truth=target).run()  # the same step budget
     assert frozen.history.rel_error[-1] > 0.1
@@ -165,7 +166,7 @@ def test_normalized_basis_holds_the_target_in_a_very_sparse_sample():
     truth = torch.from_numpy(np.linalg.qr(target.left)[0])
 
     def held(basis):
-        cfg = CompressedConfig(rank=5, init_scale=0.03, progress=False, basis=basis)
+        cfg = CompressedConfig(r_hat=5, init_scale=0.03, progress=False, basis=basis)
         solver = CompressedSolver(obs, cfg, truth=target)
         assert solver.left.shape == (3000, 10)
         return float(principal_cosines(solver.left.double(), truth).min())
@@ -200,7 +201,7 @@ def test_wide_completion_and_sensing_recover_small_problems():
 def test_float32_compressed_completion():
     target = random_low_rank(40, 50, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    cfg = CompressedConfig(rank=2, dtype="float32", max_steps=30_000, target_error=1e-4,
+    cfg = CompressedConfig(r_hat=2, dtype="float32", max_steps=30_000, target_error=1e-4,
                            eval_every=100, progress=False)
     res = CompressedSolver(obs, cfg, truth=target).run()
     assert res.left.dtype == torch.float32
@@ -209,7 +210,7 @@ def test_float32_compressed_completion():
 
 def test_divergence_stops_with_a_message_naming_the_step():
     target = random_low_rank(20, 20, 2, seed=0).to_dense()
-    solver = CompressedSolver(Factorization(target), CompressedConfig(rank=2, lr=5.0,
+    solver = CompressedSolver(Factorization(target), CompressedConfig(r_hat=2, lr=5.0,
                                                                       progress=False))
     with pytest.raises(DivergenceError, match=r"lower the step, e\.g\. lr=1\.25"):
         solver.run()
@@ -218,14 +219,14 @@ def test_divergence_stops_with_a_message_naming_the_step():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: CompressedConfig(rank=0), "rank must be >= 1"),
-        (lambda: CompressedConfig(rank=2, depth=1), "depth must be >= 2"),
-        (lambda: CompressedConfig(rank=2, init_scale=0), "init_scale must be > 0"),
-        (lambda: CompressedConfig(rank=2, lr=-1), "lr must be > 0"),
-        (lambda: CompressedConfig(rank=2, gamma=-0.1), "gamma must be >= 0"),
-        (lambda: CompressedConfig(rank=2, basis="spectral"), "basis must be 'gradient' or"),
-        (lambda: CompressedConfig(rank=2, init="orthogonal", basis="normalized"),
-         "applies only to init='identity'"),
+        (lambda: CompressedConfig(r_hat=0), "rank must be >= 1"),
+        (lambda: CompressedConfig(r_hat=2, depth=1), "depth must be >= 2"),
+        (lambda: CompressedConfig(r_hat=2, init_scale=0), "init_scale must be > 0"),
+        (lambda: CompressedConfig(r_hat=2, lr=-1), "lr must be > 0"),
+        (lambda: CompressedConfig(r_hat=2, gamma=-0.1), "gamma must be >= 0"),
+        (lambda: CompressedConfig(r_hat=2, basis="spectral"), "basis must be 'gradient' or"),
+        (lambda: CompressedConfig(r_hat=2, construction="dense", basis="normalized"),
+         "applies only to construction='sparse'"),
         (lambda: WideConfig(width=0), "width must be >= 1"),
         (lambda: WideConfig(dtype="float16"), "dtype"),
     ],
@@ -238,7 +239,7 @@ def test_bad_settings_are_refused(make, message):
 def test_rank_must_be_below_the_smaller_dimension():
     obs = sample_entries(random_low_rank(5, 8, 1), fraction=0.5)
     with pytest.raises(ValueError, match=r"rank 5 must be < min\(m, n\) = 5"):
-        CompressedSolver(obs, CompressedConfig(rank=5, progress=False))
+        CompressedSolver(obs, CompressedConfig(r_hat=5, progress=False))
 
 
 @pytest.mark.parametrize("offsets", [False, True])
@@ -250,7 +251,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path, offsets):
     problem = Completion(train.with_values(train.values + 3), offsets=offsets)
 
     def solver(max_steps):
-        config = CompressedConfig(rank=2, max_steps=max_steps, eval_every=50, patience=1000,
+        config = CompressedConfig(r_hat=2, max_steps=max_steps, eval_every=50, patience=1000,
                                   tol=0.0, progress=False)
         return CompressedSolver(problem, config, validation=val.with_values(val.values + 3))
 
@@ -271,13 +272,13 @@ def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path, offsets):
 def test_resume_refuses_a_checkpoint_of_other_data_or_settings(tmp_path):
     target = random_low_rank(30, 30, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    config = CompressedConfig(rank=2, max_steps=100, progress=False)
+    config = CompressedConfig(r_hat=2, max_steps=100, progress=False)
     CompressedSolver(obs, config).run(checkpoint=tmp_path / "ckpt")
     other = obs.with_values(obs.values * 1.01)  # same shape, other values
     with pytest.raises(ValueError, match="written for other data"):
         CompressedSolver(other, config).run(checkpoint=tmp_path / "ckpt", resume=True)
     with pytest.raises(ValueError, match=r"other settings \(momentum\)"):
-        CompressedSolver(obs, CompressedConfig(rank=2, max_steps=100, momentum=0.5,
+        CompressedSolver(obs, CompressedConfig(r_hat=2, max_steps=100, momentum=0.5,
                                                progress=False)).run(
             checkpoint=tmp_path / "ckpt", resume=True)
 
@@ -287,7 +288,7 @@ def test_a_checkpoint_killed_between_its_two_files_stays_consistent(tmp_path):
     reads the previous pair."""
     target = random_low_rank(30, 30, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    config = CompressedConfig(rank=2, max_steps=100, tol=0.0, progress=False)
+    config = CompressedConfig(r_hat=2, max_steps=100, tol=0.0, progress=False)
     solver = CompressedSolver(obs, config)
     solver.run(checkpoint=tmp_path / "ckpt")
     saved = json.loads((tmp_path / "ckpt" / "state.json").read_text())
@@ -305,7 +306,7 @@ def test_a_checkpoint_killed_between_its_two_files_stays_consistent(tmp_path):
 def _too_large_step(**kw):
     target = random_low_rank(30, 30, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    config = CompressedConfig(rank=2, lr_factor=16, max_steps=20_000, target_error=1e-4,
+    config = CompressedConfig(r_hat=2, lr_factor=16, max_steps=20_000, target_error=1e-4,
                               eval_every=10, progress=False, **kw)
     return CompressedSolver(obs, config, truth=target)
 
@@ -330,7 +331,7 @@ def test_backoffs_exhausted_raise_with_the_count():
 def test_a_given_step_is_never_changed():
     target = random_low_rank(30, 30, 2, seed=0)
     obs = sample_entries(target, fraction=0.4, seed=0)
-    solver = CompressedSolver(obs, CompressedConfig(rank=2, lr=1.0, progress=False))
+    solver = CompressedSolver(obs, CompressedConfig(r_hat=2, lr=1.0, progress=False))
     with pytest.raises(DivergenceError, match=r"with lr=1; lower the step"):
         solver.run()
 

@@ -225,7 +225,7 @@ def test_predicted_bases_are_orthonormal_and_chained():
 @pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
 def test_compressed_sources_match_the_solver_orientation(shape):
     target = random_low_rank(*shape, 2, seed=1).to_dense()
-    solver = CompressedSolver(target, CompressedConfig(rank=2, progress=False))
+    solver = CompressedSolver(target, CompressedConfig(r_hat=2, progress=False))
     for _ in range(20):
         solver.step()
     sources = solver_sources(solver)
@@ -270,7 +270,7 @@ def test_from_solver_checks_its_inputs():
     solver.t = 1
     with pytest.raises(ValueError, match="before running"):
         SubspaceRecorder.from_solver(solver, r_hat=2)
-    comp = CompressedSolver(target, CompressedConfig(rank=2, progress=False))
+    comp = CompressedSolver(target, CompressedConfig(r_hat=2, progress=False))
     with pytest.raises(ValueError, match="WideSolver"):
         SubspaceRecorder.from_solver(comp, r_hat=2)
     with pytest.raises(ValueError, match="WideSolver or CompressedSolver"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -67,7 +68,7 @@ def completion_problem() -> tuple[Any, Any]:
 def completion_config(max_steps: int, basis: str = "gradient") -> Any:
     from deeplora.completion import CompressedConfig
 
-    return CompressedConfig(rank=2, init_scale=0.1, max_steps=max_steps, eval_every=25,
+    return CompressedConfig(r_hat=2, init_scale=0.1, max_steps=max_steps, eval_every=25,
                             progress=False, basis=basis)  # type: ignore[arg-type]
 
 
@@ -205,4 +206,10 @@ def fsdp_rank(rank: int, world: int, out: str) -> None:
     runtime.initialize(env, timeout=60)
     loss = fsdp_training(build(ARCHS["bert"], seed=0), rank, world, shard)
     Path(out, f"rank{rank}.txt").write_text(repr(loss))
+    runtime.barrier("results written")
     runtime.shutdown()
+    # Under load, FSDP's background threads can still be joinable when the interpreter tears
+    # down, and the C++ runtime then aborts the process (SIGABRT) after the work is done and
+    # written: end at once, as a launcher would see a finished rank.
+    sys.stdout.flush()
+    os._exit(0)

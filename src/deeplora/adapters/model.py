@@ -253,7 +253,7 @@ def _check_adapter_name(name: str) -> None:
         )
 
 
-def _check_rank(config: DeepLoraConfig, path: str, shape: tuple[int, int]) -> None:
+def _check_layer_rank(config: DeepLoraConfig, path: str, shape: tuple[int, int]) -> None:
     if config.init == "wide":
         return
     d_out, d_in = shape
@@ -381,7 +381,7 @@ def wrap(
         raise UserError(f"loss_fn is only used by init='compressed', not init={config.init!r}")
     targets = find_targets(model, config)
     for path in targets:
-        _check_rank(config, path, _shape(model.get_submodule(path)))
+        _check_layer_rank(config, path, _shape(model.get_submodule(path)))
     trained = _resolve_trained(model, config.modules_to_train)
 
     def build(layers: dict[str, DeepLoraLayer]) -> dict[str, DeepLoraBranch]:

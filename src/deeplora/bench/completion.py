@@ -219,7 +219,7 @@ def _warm_up(kind: str) -> None:
                   eval_every=1, progress=False)
     solver: GradientDescent
     if kind == "compressed":
-        solver = CompressedSolver(obs, CompressedConfig.paper(rank=RANK, **config),
+        solver = CompressedSolver(obs, CompressedConfig.paper(r_hat=RANK, **config),
                                   truth=target)
     else:
         solver = WideSolver(obs, WideConfig.paper(**config), truth=target)
@@ -240,7 +240,7 @@ def run_solver(kind: str, d: int, lr: float | None, max_steps: int, eval_every: 
     with PeakMemory() as mem:
         start = time.perf_counter()
         if kind == "compressed":
-            solver = CompressedSolver(obs, CompressedConfig.paper(rank=RANK, **common),
+            solver = CompressedSolver(obs, CompressedConfig.paper(r_hat=RANK, **common),
                                       truth=target)
         else:
             solver = WideSolver(obs, WideConfig.paper(**common), truth=target)
@@ -310,7 +310,7 @@ def run_scale(m: int, count: int, minutes: float, seed: int, eval_every: int,
     out.update({"setup_seconds": setup, "data_seconds": data_seconds, "memory": mem.result(),
                 "initial_lr": initial_lr, "backoff_steps": solver.backoff_steps,
                 "reached_1e-2": stopped == "target_error", "minutes_limit": minutes,
-                "rank": solver.rank, "init_scale": solver.init_scale, "gamma": solver.gamma,
+                "r_hat": solver.r_hat, "init_scale": solver.init_scale, "gamma": solver.gamma,
                 "basis": solver.config.resolved_basis})
     return out
 
@@ -455,7 +455,7 @@ def _floor_row(d: int, k: int, reps: int) -> dict[str, Any]:
                              repeats=reps)
     spmm_v = seconds_per_call(lambda: resid @ v, repeats=reps)
     spmm_a = seconds_per_call(lambda: resid_t @ a, repeats=reps)
-    solver = CompressedSolver(obs, CompressedConfig.paper(rank=RANK, depth=DEPTH, init_scale=EPS,
+    solver = CompressedSolver(obs, CompressedConfig.paper(r_hat=RANK, depth=DEPTH, init_scale=EPS,
                                                     lr=PAPER_LR, progress=False))
     step = seconds_per_call(solver.step, repeats=reps)
     floor = sddmm + spmm_v + spmm_a
@@ -484,8 +484,9 @@ def _deep_error(depth: int, rank_hat: int | None, paper: bool, settings: dict[st
                 seed: int) -> tuple[float, int, str]:
     """A compressed run at the paper's settings (eps 1e-3, plain gradient descent) or at the
     library's defaults (with ``settings`` on top)."""
-    common: dict[str, Any] = dict(rank=rank_hat, depth=depth, max_steps=steps, target_error=SUCCESS,
-                  eval_every=eval_every, progress=False, seed=seed + SOLVER_OFFSET)
+    common: dict[str, Any] = dict(r_hat=rank_hat, depth=depth, max_steps=steps,
+                                  target_error=SUCCESS, eval_every=eval_every, progress=False,
+                                  seed=seed + SOLVER_OFFSET)
     config = (CompressedConfig.paper(init_scale=EPS, blowup=BLOWUP, **common) if paper
               else CompressedConfig(**common, **settings))
     try:
@@ -598,7 +599,7 @@ def section_scale(plan: Plan) -> dict[str, Any]:
         print(table(["r_hat", "eps", "basis", "lr (first, last)", "back-offs", "steps",
                      "stopped", "final err", "data s", "setup s", "wall s", "ms/step",
                      "peak RSS MB"],
-                    [[str(res["rank"]), f"{res['init_scale']:.3g}", res["basis"],
+                    [[str(res["r_hat"]), f"{res['init_scale']:.3g}", res["basis"],
                       f"{res['initial_lr']:.3g}, {res['lr']:.3g}",
                       str(len(res["backoff_steps"])), f"{res['steps']:,}", res["stopped"],
                       f"{res['final_rel_error']:.2e}", fmt(res["data_seconds"]),

@@ -199,9 +199,9 @@ def run_deeplora(t: Table, **config: Any) -> dict[str, Any]:
             "validation": t.score(model.predict_index(t.validation.rows, t.validation.cols),
                                   t.validation),
             "seconds": seconds, "steps": info["steps"], "stopped": info["stopped"],
-            "rank": info["rank"], "init_scale": info["init_scale"], "lr": info["lr"],
+            "r_hat": info["r_hat"], "init_scale": info["init_scale"], "lr": info["lr"],
             "best_val_rmse": min(model.history.val_rmse) if model.history.val_rmse else None,
-            "settings": f"r_hat {info['rank']}, {info['steps']} steps ({info['stopped']})"}
+            "settings": f"r_hat {info['r_hat']}, {info['steps']} steps ({info['stopped']})"}
 
 
 def run_soft_impute(t: Table) -> dict[str, Any]:
@@ -306,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
                                                                len(t.test)],
                                  "settings": t.settings, "results": results, "verdict": v}
         if args.ranks and t.true_rank is not None:
-            entry["ranks"] = {f"{k}x": run_deeplora(t, rank=k * t.true_rank) for k in (1, 2, 4)
+            entry["ranks"] = {f"{k}x": run_deeplora(t, r_hat=k * t.true_rank) for k in (1, 2, 4)
                               if 2 * k * t.true_rank < min(t.train.shape)}
         if args.check_stop:
             entry["check_stop"] = check_stop(t, results["deeplora"])

@@ -60,7 +60,7 @@ def _worker(rank: int, world: int, port: int, settings: dict[str, Any], queue: A
         if world > 1:
             runtime.initialize(runtime.DistEnv(rank, world, rank), timeout=600)
         obs = _problem(settings["size"], settings["entries"], settings["seed"])
-        config = CompressedConfig(rank=RANK, dtype=settings["dtype"], progress=False,
+        config = CompressedConfig(r_hat=RANK, dtype=settings["dtype"], progress=False,
                                   max_steps=10**9, seed=settings["seed"])
         runtime.barrier("starting")
         start = time.perf_counter()

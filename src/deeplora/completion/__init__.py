@@ -3,7 +3,7 @@
 >>> from deeplora.completion import Observations, CompressedConfig, complete
 >>> obs = Observations.from_csv("ratings.csv")                  # doctest: +SKIP
 >>> train, val = obs.split(0.1, seed=0)                         # doctest: +SKIP
->>> model = complete(train, CompressedConfig(rank=8, patience=10), validation=val)  # doctest: +SKIP
+>>> model = complete(train, CompressedConfig(r_hat=8), validation=val)  # doctest: +SKIP
 >>> model.predict(["user 1"], ["item 7"])                       # doctest: +SKIP
 """
 

@@ -8,14 +8,16 @@ Gradient descent updates the inner ``Wt_l`` with step ``lr`` and the outer ``UL1
 the discrepant step ``gamma * lr`` (section 3.1): ``gamma = 0`` reproduces the wide
 trajectory for factorization; completion needs ``gamma > 0`` (the paper's 0.01).
 
-``init="identity"`` (default) is our scalable form (docs/METHOD.md 3.2): the basis comes from a
+``construction="sparse"`` (default) is our scalable form (docs/METHOD.md 3.2): from the
+partial-identity init of the wide network, the basis comes from a
 truncated sparse SVD of ``E = grad_f l(eps^L J)``, and a completion step costs
-O(|Omega| r_hat + (m + n) r_hat^2 + L r_hat^3) without any m x n matrix. ``init="orthogonal"``
-follows the authors' dense construction from a random orthogonal wide init (small sizes).
+O(|Omega| r_hat + (m + n) r_hat^2 + L r_hat^3) without any m x n matrix.
+``construction="dense"`` follows the paper's construction from a random orthogonal wide init
+(docs/METHOD.md 3.1; small sizes).
 Problems with m > n are solved transposed (the basis needs m <= n); results come back in the
 original orientation.
 
-``basis="normalized"`` (identity init only) reads the r_hat directions off ``E`` with its
+``basis="normalized"`` (sparse construction only) reads the r_hat directions off ``E`` with its
 rows and columns scaled by their energy (:func:`~deeplora.subspace.normalized_top_singular`)
 instead of off ``E`` itself. It leaves the paper's construction, so the wide trajectory is no
 longer reproduced, but on very sparse samples (a few dozen entries per row) the top singular
@@ -80,25 +82,27 @@ PAPER_GAMMA = 0.01
 class CompressedConfig(SolverConfig):
     """Settings of the compressed network."""
 
-    rank: int | None = None  # r_hat >= r, the assumed rank; None: default_rank of the data
+    r_hat: int | None = None  # the assumed rank (>= r); None: default_rank of the data
     gamma: float | None = None  # outer step factor; None: 0 for factorization, else from
     # outer_step (completion)
     outer_step: float | None = DEFAULT_OUTER_STEP  # gamma=None, completion: the outer step
     # gamma * lr as a fraction of 1 / (q s^2); None: the paper's gamma = 0.01
-    init: Literal["identity", "orthogonal"] = "identity"  # sparse form or dense construction
-    width: int | None = None  # width of the wide network behind init="orthogonal"
+    # the outer bases: "sparse" (partial-identity init, docs/METHOD.md 3.2) or "dense" (the
+    # paper's construction from a random orthogonal wide network, 3.1)
+    construction: Literal["sparse", "dense"] = "sparse"
+    width: int | None = None  # width of the wide network behind construction="dense"
     exact_basis: bool = False  # m != n: close the slice so the wide trajectory is exact
     # the r_hat directions of E that span the slice: "gradient" (the paper's: top singular
     # vectors of E) or "normalized" (of E with rows and columns scaled by their energy; for
-    # sparse samples, see the module docstring; identity init only); None: "normalized" with
-    # the identity init, "gradient" with the orthogonal one
+    # sparse samples, see the module docstring; sparse construction only); None: "normalized"
+    # with the sparse construction, "gradient" with the dense one
     basis: Literal["gradient", "normalized"] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank is not None and self.rank < 1:
+        if self.r_hat is not None and self.r_hat < 1:
             raise UserError(f"rank must be >= 1 (or None: chosen from the data), got "
-                             f"{self.rank}")
+                            f"{self.r_hat}")
         if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise UserError(f"gamma must be >= 0 and finite (or None for the default), "
                             f"got {self.gamma}")
@@ -106,21 +110,22 @@ class CompressedConfig(SolverConfig):
                                                 and self.outer_step > 0):
             raise UserError(f"outer_step must be > 0 and finite (or None: the paper's "
                             f"gamma), got {self.outer_step}")
-        if self.init not in ("identity", "orthogonal"):
-            raise UserError(f"init must be 'identity' or 'orthogonal', got {self.init!r}")
+        if self.construction not in ("sparse", "dense"):
+            raise UserError(f"construction must be 'sparse' or 'dense', got "
+                            f"{self.construction!r}")
         if self.basis not in (None, "gradient", "normalized"):
             raise UserError(f"basis must be 'gradient' or 'normalized', got {self.basis!r}")
-        if self.basis == "normalized" and self.init != "identity":
-            raise UserError("basis='normalized' applies only to init='identity'")
-        if self.width is not None and self.init != "orthogonal":
-            raise UserError("width applies only to init='orthogonal' (the dense construction)")
+        if self.basis == "normalized" and self.construction != "sparse":
+            raise UserError("basis='normalized' applies only to construction='sparse'")
+        if self.width is not None and self.construction != "dense":
+            raise UserError("width applies only to construction='dense'")
 
     @property
     def resolved_basis(self) -> str:
-        """The basis in force (``basis``, or its default for ``init``)."""
+        """The basis in force (``basis``, or its default for ``construction``)."""
         if self.basis is not None:
             return self.basis
-        return "normalized" if self.init == "identity" else "gradient"
+        return "normalized" if self.construction == "sparse" else "gradient"
 
     @classmethod
     def _paper_settings(cls) -> dict[str, Any]:
@@ -142,11 +147,11 @@ class CompressedSolver(GradientDescent):
     ) -> None:
         super().__init__(problem, config, truth=truth, validation=validation)
         m, n = self.shape
-        self.rank = config.rank if config.rank is not None else default_rank(
+        self.r_hat = config.r_hat if config.r_hat is not None else default_rank(
             self.shape, len(self.objective))
-        if not self.rank < min(m, n):
+        if not self.r_hat < min(m, n):
             raise UserError(
-                f"rank {self.rank} must be < min(m, n) = {min(m, n)} for a {m} x {n} "
+                f"rank {self.r_hat} must be < min(m, n) = {min(m, n)} for a {m} x {n} "
                 "matrix; lower --rank"
             )
         # The outer bases carry no eps-scaled part: they see curvature ~ q s^2 at the step
@@ -164,14 +169,14 @@ class CompressedSolver(GradientDescent):
         self.transposed = m > n
         self._obj = self.objective.transpose() if self.transposed else self.objective
         dtype, eps, depth = config.torch_dtype, self.init_scale, config.depth
-        if config.init == "identity":
+        if config.construction == "sparse":
             grad = self._obj.init_gradient(eps**depth)
             if config.resolved_basis == "normalized":
-                u, v = normalized_top_singular(grad, self.rank,
+                u, v = normalized_top_singular(grad, self.r_hat,
                                                *self._obj.init_energies(eps**depth),
                                                seed=config.seed)  # fmt: skip
             else:
-                u, _, v = top_singular(grad, self.rank, seed=config.seed)
+                u, _, v = top_singular(grad, self.r_hat, seed=config.seed)
             left, right = compress_identity(
                 torch.from_numpy(np.ascontiguousarray(u)).double(),
                 torch.from_numpy(np.ascontiguousarray(v)).double(), self._obj.shape,
@@ -183,7 +188,7 @@ class CompressedSolver(GradientDescent):
                 weights = [w.T for w in reversed(weights)]
             _, grad_f = self._obj.to(torch.float64).dense(chain(weights))
             grad_first = chain_grads(weights, grad_f)[0]
-            left, right = compress_dense(weights, grad_first, self.rank, eps,
+            left, right = compress_dense(weights, grad_first, self.r_hat, eps,
                                          exact=config.exact_basis)
         k = left.shape[1]
         self.left = left.to(dtype).contiguous()

@@ -105,7 +105,7 @@ def complete(
             "stopped": result.stopped, "validation_entries": 0 if validation is None
             else len(validation)}
     if isinstance(solver, CompressedSolver):
-        info.update(rank=solver.rank, basis=solver.config.resolved_basis)
+        info.update(r_hat=solver.r_hat, basis=solver.config.resolved_basis)
     return CompletionModel(
         left=result.left, right=result.right, row_ids=train.row_ids, col_ids=train.col_ids,
         offset=offset, row_bias=row_bias, col_bias=col_bias, clip=clip,

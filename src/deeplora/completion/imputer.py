@@ -65,7 +65,7 @@ class DeepImputer(TransformerMixin, BaseEstimator):
         values, missing = self._check(X, fitting=True)
         rows, cols = np.nonzero(~missing)
         obs = Observations.from_arrays(rows, cols, values[rows, cols], values.shape)
-        config = CompressedConfig(rank=self.rank, depth=self.depth, max_steps=self.max_steps,
+        config = CompressedConfig(r_hat=self.rank, depth=self.depth, max_steps=self.max_steps,
                                   seed=self.random_state, progress=bool(self.verbose))
         self.model_ = complete(obs, config, val_fraction=self.val_fraction,
                                center=self.center, clip=self.clip)  # type: ignore[arg-type]

@@ -66,8 +66,8 @@ def shared_lr(problem: Any, rank: int, depth: int = DEPTH) -> float:
     """The automatic step of the compressed solver with its default gamma on ``problem``
     (for factorization the plain ``1 / (L s^(2 - 2/L))``; for completion also capped by the
     outer factors' curvature at gamma = 0.01), to be given to every solver compared on it."""
-    probe = CompressedSolver(problem, CompressedConfig.paper(rank=rank, depth=depth, init_scale=EPS,
-                                                       max_steps=1, progress=False))
+    probe = CompressedSolver(problem, CompressedConfig.paper(
+        r_hat=rank, depth=depth, init_scale=EPS, max_steps=1, progress=False))
     return float(probe.lr)
 
 

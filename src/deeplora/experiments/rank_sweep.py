@@ -96,7 +96,7 @@ def run(ctx: Context) -> dict[str, Any]:
         if 2 * r_hat >= d:
             raise UserError(f"r_hat {r_hat} is too large for d = {d} (2 r_hat must be < d)")
         _, comp = timed_run(partial(CompressedSolver, obs,
-                                    CompressedConfig.paper(rank=r_hat, **common),
+                                    CompressedConfig.paper(r_hat=r_hat, **common),
                                     truth=target))
         _, narrow = timed_run(partial(WideSolver, obs,
                                       WideConfig.paper(width=2 * r_hat, init="orthogonal",

@@ -12,7 +12,7 @@ one shared step: the library's automatic step, fixed before the runs) on
 - the wide network (:class:`~deeplora.completion.WideSolver`, width d, random orthogonal
   init);
 - the compressed network built from that same init (:class:`~deeplora.completion.
-  CompressedSolver` with ``init="orthogonal"``, the authors' construction of docs/METHOD.md 3.1,
+  CompressedSolver` with ``construction="dense"``, the authors' construction of docs/METHOD.md 3.1,
   r_hat = r) at its default gamma: 0 for factorization (the outer bases stay fixed, and the
   theorem makes the trajectory the wide one's), 0.01 for completion;
 - for completion also the compressed network with gamma = 0, for as many steps as the
@@ -114,9 +114,9 @@ def compare(problem: Any, truth: LowRankMatrix | np.ndarray, rank: int, lr: floa
             snapshots[solver.t] = (a.clone(), v.clone())
 
     comp_solver, comp = timed_run(
-        lambda: CompressedSolver(problem, CompressedConfig.paper(rank=rank, init="orthogonal",
-                                                           **common),
-                                 truth=truth), callback=keep, errors=(1e-3, size.target_error))
+        lambda: CompressedSolver(problem, CompressedConfig.paper(
+            r_hat=rank, construction="dense", **common),
+            truth=truth), callback=keep, errors=(1e-3, size.target_error))
     assert isinstance(comp_solver, CompressedSolver)
     comp["gamma"] = comp_solver.gamma
     norm = (truth.frobenius_norm() if isinstance(truth, LowRankMatrix)
@@ -148,9 +148,9 @@ def compare(problem: Any, truth: LowRankMatrix | np.ndarray, rank: int, lr: floa
         budget = max(wide["steps"], comp["steps"])
         zero_common = {**common, "max_steps": budget}
         _, zero = timed_run(
-            lambda: CompressedSolver(problem, CompressedConfig.paper(rank=rank, init="orthogonal",
-                                                               gamma=0.0, **zero_common),
-                                     truth=truth), errors=(1e-3, size.target_error))
+            lambda: CompressedSolver(problem, CompressedConfig.paper(
+                r_hat=rank, construction="dense", gamma=0.0, **zero_common),
+                truth=truth), errors=(1e-3, size.target_error))
         zero["gamma"] = 0.0
         out["compressed_gamma0"] = zero
     return out

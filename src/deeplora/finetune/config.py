@@ -21,7 +21,7 @@ from ..errors import UserError
 
 Task = Literal["classification", "regression", "causal-lm"]
 Method = Literal["deep-lora", "lora", "full"]
-InitKind = Literal["orthogonal", "compressed"]
+FinetuneInit = Literal["orthogonal", "compressed"]
 
 TASKS: tuple[str, ...] = ("classification", "regression", "causal-lm")
 METHODS: tuple[str, ...] = ("deep-lora", "lora", "full")
@@ -58,7 +58,7 @@ class FinetuneConfig:
     target_modules: str | list[str] = "query-value"  # as DeepLoraConfig.target_modules
     rank: int = 8  # width of the adapter (both methods)
     depth: int = 3  # Deep LoRA: number of factors
-    init: InitKind = "orthogonal"  # Deep LoRA: "orthogonal" (the paper's) or "compressed"
+    init: FinetuneInit = "orthogonal"  # Deep LoRA: "orthogonal" (the paper's) or "compressed"
     init_scale: float | None = None  # Deep LoRA: eps of the factors; None: DEFAULT_INIT_SCALE
     gamma: float = 1e-2  # compressed Deep LoRA: the outer factors train at gamma * lr
     lora_alpha: float = 8.0  # LoRA: PEFT's default; scaling lora_alpha / rank
