@@ -1,0 +1,99 @@
+"""The adapter benchmark's printed table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ...harness.machine import (
+    fmt,
+    table,
+)
+from .settings import TARGETS
+
+
+# =========================================================================== report
+def _ratio_cell(r: dict[str, Any]) -> str:
+    return f"{r['median']:.3f} [{r['q1']:.2f}-{r['q3']:.2f}]"
+
+
+def _print_table(results: dict[str, dict[str, Any]]) -> None:
+    names = list(results)
+
+    def row(label: str, cell: Callable[[dict[str, Any]], str], target: str = "") -> list[str]:
+        return [label, *[cell(results[n]) for n in names], target]
+
+    def kb(key: str) -> Callable[[dict[str, Any]], str]:
+        def cell(r: dict[str, Any]) -> str:
+            found = r["adapter_bytes"][key]
+            weights = sum(b for n, b in found["files"].items() if n.endswith(".safetensors"))
+            return f"{weights / 1024:,.1f} / {found['total'] / 1024:,.1f}"
+
+        return cell
+
+    rows = [
+        row(
+            "trainable params LoRA / Deep LoRA",
+            lambda r: "{:,} / {:,}".format(
+                r["trainable_parameters"]["lora"], r["trainable_parameters"]["deeplora"]
+            ),
+        ),
+        row(
+            "train step LoRA (s, median)",
+            lambda r: fmt(r["train_step_seconds"]["lora"]["median"], ".3f"),
+        ),
+        row(
+            "train step Deep LoRA (s, median)",
+            lambda r: fmt(r["train_step_seconds"]["deeplora"]["median"], ".3f"),
+        ),
+        row(
+            "train step Deep LoRA / LoRA",
+            lambda r: _ratio_cell(r["train_step_ratio"]),
+            f"<= {TARGETS['train_step']:.2f}",
+        ),
+        row(
+            "inference base (s, median)",
+            lambda r: fmt(r["inference_seconds"]["base"]["median"], ".4f"),
+        ),
+        row(
+            "inference merged (s, median)",
+            lambda r: fmt(r["inference_seconds"]["merged"]["median"], ".4f"),
+        ),
+        row(
+            "inference merged / base",
+            lambda r: _ratio_cell(r["inference_ratio"]),
+            f"<= {TARGETS['inference']:.2f}",
+        ),
+        row(
+            "compressed init (s, median)",
+            lambda r: fmt(r["compressed_init_seconds"]["median"], ".3f"),
+        ),
+        row(
+            "compressed init / Deep LoRA step", lambda r: _ratio_cell(r["compressed_init_in_steps"])
+        ),
+        row(
+            "peak +MB: LoRA step",
+            lambda r: fmt(r["peak_memory"]["lora_step"]["increase_mb"], ",.0f"),
+        ),
+        row(
+            "peak +MB: compressed init",
+            lambda r: fmt(r["peak_memory"]["compressed_init"]["increase_mb"], ",.0f"),
+        ),
+        row("peak: compressed init / LoRA step", lambda r: fmt(r["memory_ratio"], ".2f")),
+        row("adapter KB weights / folder: PEFT LoRA", kb("peft")),
+        row("adapter KB weights / folder: Deep LoRA", kb("deeplora")),
+        row("adapter KB weights / folder: compressed", kb("deeplora_compressed")),
+        row("merged vs wrapped max |diff|", lambda r: fmt(r["merged_max_abs_diff"], ".1e")),
+    ]
+    print(table(["", *names, "target"], rows))
+    print(
+        "ratios: median over rounds of the per-round ratio [quartiles]; peak +MB: increase "
+        "of the peak RSS over the RSS before, one run each"
+    )
+    for key, label in (("train_step", "train step"), ("inference", "inference")):
+        limit = TARGETS[key]
+        verdicts = ", ".join(
+            f"{n} {'met' if results[n][f'{key}_ratio']['median'] <= limit else 'MISSED'}"
+            for n in names
+        )
+        print(f"target {label} <= {limit:.2f}: {verdicts}")

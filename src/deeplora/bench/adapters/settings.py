@@ -1,0 +1,68 @@
+"""Cases, sizes and fixed settings of ``deeplora bench adapters``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...adapters.config import DEFAULT_LR
+
+MODELS = ("minilm", "smollm")
+RANK = 8  # width of both adapters
+LORA_ALPHA = 8  # alpha / r = 1: PEFT LoRA without scaling, as the paper's vanilla LoRA
+LORA_LR = 5e-4
+DEEP_LR = DEFAULT_LR  # the library's defaults (the learning rate does not change the timing)
+BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-6
+TARGET_MODULES = {"minilm": ["query", "value"], "smollm": ["q_proj", "v_proj"]}
+TARGETS = {"train_step": 1.10, "inference": 1.02}  # ratios the issue asks for, at most
+WARMUP_SHAPE = (1, 8)  # rows x tokens of the warm-up batch before a memory measurement
+QUICK_VOCAB = 128
+LoraKwargs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model's workload, small enough to send to a subprocess."""
+
+    model: str  # "minilm" or "smollm"
+    batch_size: int
+    seq_len: int
+    quick: bool = False  # a tiny model built from a config, random tokens
+    seed: int = 0
+
+
+@dataclass
+class Plan:
+    """What one run measures (the defaults or ``--quick``)."""
+
+    cases: list[Case]
+    repeats: int  # timed rounds of train steps and compressed inits
+    inference_repeats: int  # timed rounds of base / merged forward passes
+    warmup: int  # untimed rounds before each
+    isolate: bool  # peak memory in fresh subprocesses
+    notes: list[str] = field(default_factory=list)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = bool(args.quick)
+    sizes = (
+        {"minilm": (16, 64), "smollm": (4, 64)}
+        if not quick
+        else {"minilm": (4, 16), "smollm": (2, 16)}
+    )
+    repeats = args.repeats if args.repeats is not None else (2 if quick else 10)
+    plan = Plan(
+        cases=[Case(m, *sizes[m], quick=quick) for m in MODELS if m in args.models],
+        repeats=repeats,
+        inference_repeats=2 * repeats,
+        warmup=1,
+        isolate=not (quick or args.no_isolate),
+    )
+    if quick:
+        plan.notes.append(
+            "--quick: tiny models built from configs on random tokens; the "
+            "numbers only show that it runs"
+        )
+    return plan
