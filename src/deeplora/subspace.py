@@ -201,17 +201,42 @@ def top_singular(
 
 def _randomized(matrix: sp.spmatrix | sp.sparray | LinearOperator, k: int, seed: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Randomized subspace iteration (block power method with re-orthonormalization). A
-    scipy.sparse matrix is multiplied as a torch CSR tensor (multithreaded)."""
+    """:func:`randomized_svd` from ``RANDOMIZED_ITERS`` power iterations on seeded random
+    vectors. A scipy.sparse matrix is multiplied as a torch CSR tensor (multithreaded)."""
     matmat, rmatmat = _block_products(matrix)
     m, n = matrix.shape
     width = min(k + RANDOMIZED_OVERSAMPLE, m, n)
     gen = torch.Generator().manual_seed(seed)
-    q = _orth(matmat(torch.randn(n, width, generator=gen, dtype=torch.float64)))
-    for _ in range(RANDOMIZED_ITERS):
+    start = torch.randn(n, width, generator=gen, dtype=torch.float64)
+    u, s, v, _ = randomized_svd(matmat, rmatmat, start, k, iters=RANDOMIZED_ITERS)
+    return u.numpy(), s.numpy(), v.numpy()
+
+
+def randomized_svd(
+    matmat: Callable[[torch.Tensor], torch.Tensor],
+    rmatmat: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    k: int,
+    *,
+    iters: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` singular triplets ``(U, S, V)`` of a matrix ``A`` known through
+    ``matmat(x) = A x`` and ``rmatmat(y) = A^T y``, by randomized subspace iteration (a block
+    power method with re-orthonormalization) from the ``n x w`` block ``start`` (``w >= k``):
+    ``Q = orth(A start)``, then ``iters`` times ``Q = orth(A orth(A^T Q))``; with
+    ``A^T Q = Q_b R_b``, ``A ~ Q R_b^T Q_b^T`` and the small SVD of ``R_b^T`` gives the rest.
+    Also returns the ``n x w`` right basis, to warm-start a later call. ``S`` descends; it is
+    accurate when ``A``'s spectrum has a gap after the ``w``-th value or ``iters`` is large.
+    The one randomized truncated SVD of the library: the sparse solver's init, soft-impute
+    (warm-started) and the compressed Deep LoRA init of large layers use it.
+    """
+    q = _orth(matmat(start))
+    for _ in range(iters):
         q = _orth(matmat(_orth(rmatmat(q))))
-    ub, s, vt = np.linalg.svd(rmatmat(q).T.numpy(), full_matrices=False)  # q^T A = ub s vt
-    return q.numpy() @ ub[:, :k], s[:k], vt[:k].T
+    qb, rb = torch.linalg.qr(rmatmat(q))
+    x, sig, yt = torch.linalg.svd(rb.T)
+    basis = qb @ yt.T
+    return (q @ x)[:, :k], sig[:k], basis[:, :k], basis
 
 
 def _orth(x: torch.Tensor) -> torch.Tensor:

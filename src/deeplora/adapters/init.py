@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..subspace import compress_identity, orth
+from ..subspace import compress_identity, orth, randomized_svd
 from .config import DeepLoraConfig
 from .layer import DeepLoraBranch, DeepLoraLayer, adapters_disabled, factor_dtype
 
@@ -75,11 +75,8 @@ def top_singular_vectors(
         gen = torch.Generator(device="cpu").manual_seed(seed)
         q = min(k + 10, a.shape[0])
         omega = torch.randn(a.shape[1], q, generator=gen, dtype=a.dtype).to(a.device)
-        basis = orth(a @ omega)
-        for _ in range(power_iters):
-            basis = orth(a @ orth(a.T @ basis))
-        small, _, _ = torch.linalg.svd(basis.T @ a, full_matrices=False)
-        u = basis @ small[:, :k]
+        u, _, _, _ = randomized_svd(lambda x: a @ x, lambda y: a.T @ y, omega, k,
+                                    iters=power_iters)
     v = orth(a.T @ u)
     u, v = u.cpu(), v.cpu()
     return (v, u) if flip else (u, v)

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
+import torch
 from scipy.sparse.linalg import LinearOperator, svds
 
 from ...errors import UserError
+from ...subspace import randomized_svd
 from ..data import CsrPattern, Observations
 from .common import (
     DEFAULT_SHRINKAGE_FRACTION,
@@ -244,9 +245,9 @@ def _randomized_svd(
     op: LinearOperator, k: int, warm: np.ndarray, rng: np.random.Generator,
     oversample: int = 10,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k singular triplets by randomized subspace iteration (Halko, Martinsson & Tropp
-    2011) on ``k + oversample`` vectors, started from the previous call's basis ``warm``
-    (padded with random columns); returns the new basis of that width too.
+    """Top-k singular triplets by :func:`deeplora.subspace.randomized_svd` on ``k +
+    oversample`` vectors, started from the previous call's basis ``warm`` (padded with random
+    columns); returns the new basis of that width too.
 
     Across soft-impute steps this is a warm-started block power method, so one pass suffices
     while ``warm`` is wide enough; otherwise one extra power iteration sharpens the new
@@ -258,13 +259,16 @@ def _randomized_svd(
     c = min(warm.shape[1], width)
     start[:, :c] = warm[:, :c]
     start[:, c:] = rng.standard_normal((n, width - c))
-    q = sla.qr(op.matmat(start), mode="economic")[0]
-    if c < width:
-        q = sla.qr(op.matmat(op.rmatmat(q)), mode="economic")[0]
-    qb, rb = sla.qr(op.rmatmat(q), mode="economic")  # A^T Q = Qb Rb, so A ~ Q Rb^T Qb^T
-    x, sig, yt = np.linalg.svd(rb.T)
-    basis = qb @ yt.T
-    return (q @ x)[:, :k], sig[:k], basis[:, :k], basis
+
+    def matmat(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(op.matmat(x.numpy()), dtype=np.float64))
+
+    def rmatmat(y: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(op.rmatmat(y.numpy()), dtype=np.float64))
+
+    u, sig, v, basis = randomized_svd(matmat, rmatmat, torch.from_numpy(start), k,
+                                      iters=0 if c == width else 1)
+    return u.numpy(), sig.numpy(), v.numpy(), basis.numpy()
 
 
 def _sparse_plus_low_rank(
