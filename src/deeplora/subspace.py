@@ -168,8 +168,7 @@ def top_singular(
     per iteration; from ``RANDOMIZED_MIN`` rows and columns on, randomized subspace iteration
     (``RANDOMIZED_ITERS`` power iterations on ``k + RANDOMIZED_OVERSAMPLE`` seeded vectors,
     each two block products), where Lanczos needs thousands of products to separate a
-    clustered spectrum (10 vectors of a 100,000 x 100,000 sample with 2,000,000 entries: 23 s
-    against 2 s, the same subspace). Singular values come in descending order.
+    clustered spectrum (docs/METHOD.md 3.2). Singular values come in descending order.
     """
     if isinstance(matrix, torch.Tensor):
         matrix = matrix.detach().cpu().numpy()

@@ -73,3 +73,13 @@ def test_only_selects_sections(tmp_path: Path) -> None:
 def test_bad_size_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "completion", "--quick", "--sizes", "8", "--only", "floor"]) == 2
     assert "--sizes" in capsys.readouterr().err
+
+
+def test_basis_section_compares_the_three_bases(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "basis.json"
+    assert main(["bench", "completion", "--quick", "--only", "basis", "--json", str(out)]) == 0
+    basis = json.loads(out.read_text())["sections"]["basis"]
+    normalized = basis["normalized (the default)"]["cosines_left"]
+    assert len(normalized) == 5 and all(0 <= c <= 1 for c in normalized)
+    assert basis["q_plain_top"] > basis["sampling_rate"]

@@ -22,9 +22,7 @@ rows and columns scaled by their energy (:func:`~deeplora.subspace.normalized_to
 instead of off ``E`` itself. It leaves the paper's construction, so the wide trajectory is no
 longer reproduced, but on very sparse samples (a few dozen entries per row) the top singular
 vectors of ``E`` sit on the rows and columns of largest observed energy and the slice misses
-the target; the normalized ones do not (20,000 x 20,000, r = 5, 20 entries per row: cosines
-to the target's subspaces about 0.85 against 0.2, and relative error 9e-3 after 3,000 steps
-against 1.2 after 6,000).
+the target; the normalized ones do not (docs/METHOD.md 5.3).
 
 For square problems the slice is exactly invariant under factorization and the compressed
 trajectory is the wide one up to the constant eps^L remainder it drops. For m != n the

@@ -61,6 +61,7 @@ from ...harness.machine import (
     describe_machine,
     machine_info,
 )
+from .basis import section_basis
 from .samples import section_sample
 from .scale import section_scale
 from .settings import DEFAULT_SECTIONS, RANK, SECTIONS, make_plan
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     for note in plan.trimmed:
         print(f"trimmed: {note}")
     runners = {"wide": section_wide, "floor": section_floor, "sample": section_sample,
+               "basis": section_basis,
                "scale": section_scale}
     report: dict[str, Any] = {
         "benchmark": "completion", "format_version": 1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-SECTIONS = ("wide", "floor", "sample", "scale")
+SECTIONS = ("wide", "floor", "sample", "scale", "basis")
 DEFAULT_SECTIONS = ("wide", "floor", "sample")
 
 RANK = 5  # r of every synthetic target
@@ -45,6 +45,7 @@ class Plan:
     scale_eps: float | None  # init scale of the scale run (None: the library default)
     scale_dtype: str
     scale_basis: str | None  # basis of the scale run's slice (None: the library default)
+    basis_shape: int  # m = n of the basis section (20 entries per row)
     isolate: bool  # measure solvers in fresh subprocesses
     trimmed: list[str]
 
@@ -58,7 +59,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sample_d=40, rhos=[2.0, 4.0], seeds=2, sample_steps=1000, sample_eval_every=50,
             soft_iters=30, als_iters=20, rank_hats=[RANK], sample_settings={},
             scale_shape=3_000, scale_count=60_000, scale_minutes=0.25,
-            scale_eps=None, scale_dtype="float64", scale_basis=None, isolate=False,
+            scale_eps=None, scale_dtype="float64", scale_basis=None, basis_shape=2_000,
+            isolate=False,
             trimmed=["--quick: tiny sizes and budgets; the numbers only show that it runs"],
         )
     else:
@@ -69,7 +71,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             sample_eval_every=100, soft_iters=300, als_iters=300,
             rank_hats=[RANK, 2 * RANK, 4 * RANK], sample_settings={},
             scale_shape=100_000, scale_count=2_000_000, scale_minutes=30.0,
-            scale_eps=None, scale_dtype="float32", scale_basis=None,
+            scale_eps=None, scale_dtype="float32", scale_basis=None, basis_shape=20_000,
             isolate=True,
             trimmed=[
                 "wide: the wide network runs to convergence up to d = 300 only; above, its "

@@ -28,8 +28,8 @@ def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Solve ``gram[i] x[i] = rhs[i]`` for a stack of symmetric positive definite matrices.
 
     A batched Cholesky factorisation, then forward and back substitution vectorised over the
-    stack (a loop over the r columns only); about 3x faster than ``np.linalg.solve`` on many
-    small systems. Singular stacks (possible with ``reg = 0``) fall back to pseudo-inverses.
+    stack (a loop over the r columns only), cheaper than ``np.linalg.solve`` on many small
+    systems. Singular stacks (possible with ``reg = 0``) fall back to pseudo-inverses.
     """
     try:
         chol = np.linalg.cholesky(gram)
