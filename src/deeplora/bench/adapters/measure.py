@@ -150,9 +150,9 @@ def _adapter_modules(model: nn.Module) -> int:
     return sum(isinstance(m, DeepLoraLayer | TrainedModule) for m in model.modules())
 
 
-def _training_phase(work: Workload, plan: Plan) -> tuple[dict[str, Any], nn.Module]:
+def _training_phase(work: Workload, plan: Plan) -> tuple[dict[str, Any], nn.Module, nn.Module]:
     """Train steps of both methods and compressed inits, side by side; the adapter files and
-    parameter counts. Returns the figures and the Deep LoRA model (trained a few steps)."""
+    parameter counts. Returns the figures and both models (trained a few steps)."""
     base = work.model
     lora, lora_opt = _with_lora(work, copy.deepcopy(base))
     deep, deep_opt = _with_deep_lora(work, copy.deepcopy(base))
@@ -200,27 +200,37 @@ def _training_phase(work: Workload, plan: Plan) -> tuple[dict[str, Any], nn.Modu
         "compressed_init_in_steps": _ratios(times["compressed_init"], times["deeplora_step"]),
         "adapter_bytes": files,
     }
-    return figures, deep
+    return figures, deep, lora
 
 
-def _inference_phase(work: Workload, deep: nn.Module, plan: Plan) -> dict[str, Any]:
-    """Forward passes of the merged Deep LoRA model and of the base model, side by side."""
+def _inference_phase(work: Workload, deep: nn.Module, lora: nn.Module,
+                     plan: Plan) -> dict[str, Any]:
+    """Forward passes side by side: the base model, both adapters unmerged, and the merged
+    Deep LoRA model. The target is Deep LoRA's unmerged forward against PEFT LoRA's (a third
+    factor and no merged weight); merged against base is the same network, a check."""
     base, inputs = work.model.eval(), work.inputs
     deep.eval()
+    lora.eval()
     with torch.no_grad():
         wrapped_out = _outputs(deep, inputs)
+    forwards = {"base": _forward(base, inputs), "lora": _forward(lora, inputs),
+                "deeplora": _forward(deep, inputs)}
+    def timed(run: Callable[[], None]) -> Callable[[], Callable[[], None]]:
+        return lambda: run
+
+    times = interleaved_seconds({k: timed(f) for k, f in forwards.items()},
+                                repeats=plan.inference_repeats, warmup=plan.warmup)
     merged = merge_and_unload(deep)
     with torch.no_grad():
         merged_out = _outputs(merged, inputs)
-    base_forward, merged_forward = _forward(base, inputs), _forward(merged, inputs)
-    times = interleaved_seconds(
-        {"base": lambda: base_forward, "merged": lambda: merged_forward},
-        repeats=plan.inference_repeats,
-        warmup=plan.warmup,
-    )
+    merged_times = interleaved_seconds(
+        {"base": lambda: forwards["base"], "merged": lambda: _forward(merged, inputs)},
+        repeats=plan.inference_repeats, warmup=plan.warmup)
     return {
-        "inference_seconds": {"base": _times(times["base"]), "merged": _times(times["merged"])},
-        "inference_ratio": _ratios(times["merged"], times["base"]),
+        "inference_seconds": {k: _times(v) for k, v in times.items()}
+                             | {"merged": _times(merged_times["merged"])},
+        "inference_ratio": _ratios(times["deeplora"], times["lora"]),
+        "merged_over_base": _ratios(merged_times["merged"], merged_times["base"]),
         "merged_max_abs_diff": float((merged_out - wrapped_out).abs().max()),
         "merged_adapter_modules_left": _adapter_modules(merged),
     }
@@ -240,12 +250,12 @@ def measure(case: Case, plan: Plan) -> dict[str, Any]:
         "load_seconds": time.perf_counter() - t0,
     }
     progress(f"loaded ({work.description()})")
-    training, deep = _training_phase(work, plan)
+    training, deep, lora = _training_phase(work, plan)
     result.update(training)
     progress(f"{plan.repeats} rounds of train steps and compressed inits")
-    result.update(_inference_phase(work, deep, plan))
+    result.update(_inference_phase(work, deep, lora, plan))
     progress(f"{plan.inference_repeats} rounds of inference")
-    del work, deep  # free this process's models before the subprocesses run
+    del work, deep, lora  # free this process's models before the subprocesses run
 
     memory = {
         "lora_step": run_isolated(peak_lora_step, case, isolate=plan.isolate),

@@ -56,13 +56,21 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
             lambda r: fmt(r["inference_seconds"]["base"]["median"], ".4f"),
         ),
         row(
-            "inference merged (s, median)",
-            lambda r: fmt(r["inference_seconds"]["merged"]["median"], ".4f"),
+            "inference LoRA, unmerged (s, median)",
+            lambda r: fmt(r["inference_seconds"]["lora"]["median"], ".4f"),
         ),
         row(
-            "inference merged / base",
+            "inference Deep LoRA, unmerged (s, median)",
+            lambda r: fmt(r["inference_seconds"]["deeplora"]["median"], ".4f"),
+        ),
+        row(
+            "inference unmerged Deep LoRA / LoRA",
             lambda r: _ratio_cell(r["inference_ratio"]),
             f"<= {TARGETS['inference']:.2f}",
+        ),
+        row(
+            "inference merged / base (the same network: a check)",
+            lambda r: _ratio_cell(r["merged_over_base"]),
         ),
         row(
             "compressed init (s, median)",
@@ -90,7 +98,8 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
         "ratios: median over rounds of the per-round ratio [quartiles]; peak +MB: increase "
         "of the peak RSS over the RSS before, one run each"
     )
-    for key, label in (("train_step", "train step"), ("inference", "inference")):
+    for key, label in (("train_step", "train step"),
+                       ("inference", "unmerged inference")):
         limit = TARGETS[key]
         verdicts = ", ".join(
             f"{n} {'met' if results[n][f'{key}_ratio']['median'] <= limit else 'MISSED'}"
