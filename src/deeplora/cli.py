@@ -14,7 +14,6 @@ A user mistake (bad value, missing file, malformed table) prints one line starti
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,30 +22,9 @@ from typing import Any
 
 from . import cli_complete
 from .completion.solver import DivergenceError
+from .distributed.launch import launched
 from .distributed.runtime import PeerError
 from .errors import UserError
-
-
-# --------------------------------------------------------------------------- torchrun
-def launched(args: argparse.Namespace, command: Callable[..., int], how: str) -> int:
-    """``command(args, main=...)`` alone, or as one rank of a torchrun / SLURM job (the
-    process group joined first, left after; rank 0 is ``main`` and says ``how`` it splits
-    the work)."""
-    from .distributed import runtime
-
-    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
-        raise UserError(f"--dist-timeout must be a number of seconds > 0, got {args.dist_timeout}")
-    env = runtime.environment()
-    if env is None:
-        return command(args, main=True)
-    runtime.initialize(env, timeout=args.dist_timeout)
-    try:
-        if env.is_main:
-            print(f"torch.distributed: {env.world_size} processes; {how}")
-        return command(args, main=env.is_main)
-    finally:
-        runtime.shutdown()
-
 
 # --------------------------------------------------------------------------- finetune
 FINETUNE_DEMO_N = 64

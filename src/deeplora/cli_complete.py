@@ -125,7 +125,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import launched
+    from .distributed.launch import launched
 
     return launched(args, _complete, "Omega is sharded across them")
 
@@ -258,7 +258,7 @@ def _complete(args: argparse.Namespace, *, main: bool) -> int:
 
 def _solver_maker() -> Any:
     """The sharded solver when this process is one rank of a torchrun job (the launcher has
-    joined the process group: :func:`deeplora.cli.launched`), else the default."""
+    joined the process group: :func:`deeplora.distributed.launch.launched`), else the default."""
     from .distributed import runtime
 
     if not runtime.active():
