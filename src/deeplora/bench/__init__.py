@@ -1,15 +1,18 @@
 """Benchmarks: they measure and print side-by-side ratios; the test suite never runs them.
 
-Each module adds one ``deeplora bench NAME`` subcommand through ``add_parser``.
+Each module adds one ``deeplora bench NAME`` subcommand through ``add_parser``; each run
+prints its targets in one table and saves it in its JSON (:mod:`deeplora.harness.targets`),
+and ``deeplora bench targets FILE.json ...`` prints those tables as Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add every benchmark as a subcommand of ``deeplora bench``."""
+    """Add every benchmark as a subcommand of ``deeplora bench``, and ``targets``."""
     from . import adapters, completion, datasets, distributed, fewshot
 
     completion.add_parser(sub)
@@ -17,3 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     adapters.add_parser(sub)
     fewshot.add_parser(sub)
     distributed.add_parser(sub)
+    p = sub.add_parser("targets", help="the targets saved by benchmark runs, as Markdown",
+                       description="Print the targets table of one or more benchmark --json "
+                       "files as Markdown (the form README.md and docs/BENCHMARKS.md quote).")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.json")
+    p.set_defaults(func=_targets)
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from ..harness.targets import markdown, read_targets
+
+    print(markdown(read_targets(args.files)))
+    return 0

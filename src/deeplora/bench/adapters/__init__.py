@@ -71,8 +71,9 @@ from ...harness.machine import (
     describe_machine,
     machine_info,
 )
+from ...harness.targets import print_targets, to_json
 from .measure import load_description, measure
-from .report import _print_table
+from .report import _print_table, targets
 from .settings import (
     ADAM_EPS,
     BETAS,
@@ -185,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
             write_json(args.json, report)
     print()
     _print_table(report["models"])
+    declared = targets(report["models"])
+    print_targets(declared)
+    report["targets"] = to_json(declared)
     report["total_seconds"] = time.perf_counter() - total
     print(f"\ntotal {report['total_seconds']:.1f} s on {threads} thread(s)")
     if args.json is not None:

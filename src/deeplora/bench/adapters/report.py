@@ -9,6 +9,7 @@ from ...harness.machine import (
     fmt,
     table,
 )
+from ...harness.targets import Target
 from .settings import TARGETS
 
 
@@ -98,11 +99,14 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
         "ratios: median over rounds of the per-round ratio [quartiles]; peak +MB: increase "
         "of the peak RSS over the RSS before, one run each"
     )
-    for key, label in (("train_step", "train step"),
-                       ("inference", "unmerged inference")):
-        limit = TARGETS[key]
-        verdicts = ", ".join(
-            f"{n} {'met' if results[n][f'{key}_ratio']['median'] <= limit else 'MISSED'}"
-            for n in names
-        )
-        print(f"target {label} <= {limit:.2f}: {verdicts}")
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[Target]:
+    """The benchmark's targets, one row per model and ratio."""
+    rows = []
+    for name, r in results.items():
+        rows.append(Target(f"train step Deep LoRA / PEFT LoRA ({name})",
+                           r["train_step_ratio"]["median"], TARGETS["train_step"]))
+        rows.append(Target(f"inference, both unmerged, Deep LoRA / PEFT LoRA ({name})",
+                           r["inference_ratio"]["median"], TARGETS["inference"]))
+    return rows

@@ -49,6 +49,7 @@ CPU allocations), minus its size before the solver was built; measured solvers r
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -61,10 +62,11 @@ from ...harness.machine import (
     describe_machine,
     machine_info,
 )
+from ...harness.targets import Target, print_targets, to_json
 from .basis import section_basis
 from .samples import section_sample
 from .scale import section_scale
-from .settings import DEFAULT_SECTIONS, RANK, SECTIONS, make_plan
+from .settings import DEFAULT_SECTIONS, RANK, SECTIONS, Plan, make_plan
 from .speed import section_floor, section_wide
 
 
@@ -123,6 +125,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def targets(sections: dict[str, Any], plan: Plan) -> list[Target]:
+    """The targets of the sections that ran (docs/BENCHMARKS.md quotes them)."""
+    rows: list[Target] = []
+    wide = sections.get("wide", {}).get("rows", [])
+    if wide:
+        last = wide[-1]
+        rows.append(Target(
+            f"wide / compressed wall time to error 1e-6, d = {last['d']}",
+            last["ratio_wide_over_compressed"]["seconds_to_1e-06"], 50.0, at_most=False,
+            estimated=bool(last["wide"].get("estimated")), unit="x"))
+    for r in sections.get("floor", {}).get("rows", []):
+        rows.append(Target(f"compressed step / its floor (SDDMM + 2 SpMM), d = {r['d']}",
+                           r["ratio"], 3.0, digits=".3g"))
+    for key, info in sections.get("sample", {}).get("methods", {}).items():
+        if key.startswith("deep3") and "2" in info["successes"]:
+            rows.append(Target(f"success share at rho = 2, d = {plan.sample_d}: "
+                               f"{info['label']}", info["successes"]["2"] / plan.seeds, 0.9,
+                               at_most=False, digits=".2f"))
+    scale = sections.get("scale")
+    if scale and "memory" in scale:
+        m = scale["shape"][0]
+        minutes = scale["wall_seconds"] / 60 if scale["reached_1e-2"] else math.inf
+        rows.append(Target(f"scale {m:,} x {m:,}: minutes to error 1e-2", minutes, 30.0,
+                           digits=".3g", unit=" min"))
+        rows.append(Target(f"scale {m:,} x {m:,}: peak memory",
+                           scale["memory"]["peak_rss_mb"] / 1024, 4.0, unit=" GB"))
+    return rows
+
+
 def _sections(args: argparse.Namespace) -> list[str]:
     if args.only:
         return [s for s in SECTIONS if s in args.only]
@@ -174,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"({name}: {report['section_seconds'][name]:.1f} s)")
         if args.json is not None:  # keep what is done if a later section fails
             write_json(args.json, json_safe(report))
+    declared = targets(report["sections"], plan)
+    print_targets(declared)
+    report["targets"] = to_json(declared)
     report["total_seconds"] = time.perf_counter() - total
     print(f"\ntotal {report['total_seconds']:.1f} s")
     if args.json is not None:

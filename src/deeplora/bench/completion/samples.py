@@ -115,10 +115,4 @@ def section_sample(plan: Plan) -> dict[str, Any]:
     print(table(["method", *[f"rho={r:g}" for r in plan.rhos], "seconds"], lines))
     print("cells: successes/seeds (median relative error); |Omega| = rho r (2d - r) = "
           + ", ".join(f"{round(r * dof)}" for r in plan.rhos))
-    at_two = [f"{info['label']}: {info['successes']['2']}/{plan.seeds}"
-              for key, info in result["methods"].items()
-              if key.startswith("deep3") and "2" in info["successes"]]
-    if at_two:
-        print("target: depth 3 succeeds at rho=2 in >= 9 of 10 seeds; measured "
-              + ", ".join(at_two))
     return result
