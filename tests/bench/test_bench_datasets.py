@@ -24,6 +24,9 @@ def test_quick_run_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "winner" in printed and "summary" in printed
     report = json.loads(out.read_text())
     square, image = report["tables"]
+    figures = [t["figure"] for t in report["targets"]]
+    assert "image: deeplora relative error - the best" in figures
+    assert all(t["verdict"] in ("met", "missed") for t in report["targets"])
     assert set(square["results"]) == {"deeplora", "soft-impute", "ALS"}
     assert square["results"]["deeplora"]["test"] < 1e-3  # exactly low rank: recovered
     assert set(square["ranks"]) == {"1x", "2x", "4x"}

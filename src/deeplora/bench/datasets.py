@@ -59,6 +59,7 @@ from ..completion.baselines import soft_impute_validated
 from ..completion.compressed import default_rank
 from ..errors import UserError
 from ..harness.machine import describe_machine, fmt, machine_info, table
+from ..harness.targets import Target, print_targets, to_json
 
 RANK = 5  # true rank of the synthetic tables
 SNR = 10.0  # noisy table: RMS of the signal over RMS of the noise
@@ -252,6 +253,29 @@ def verdict(t: Table, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "gap": deep - top}
 
 
+def targets(entries: list[dict[str, Any]]) -> list[Target]:
+    """The targets of every table that ran: deeplora best or within 2% (RMSE) / 0.02
+    (relative error) of the best; never failing where a peer succeeds; with --check-stop,
+    the default stop within 1% of ten times the steps."""
+    rows = []
+    for e in entries:
+        tests = {k: v["test"] for k, v in e["results"].items()}
+        deep, top = tests["deeplora"], min(tests.values())
+        if e["metric"] == "RMSE":
+            rows.append(Target(f"{e['table']}: deeplora RMSE / the best", deep / top,
+                               1 + WITHIN, digits=".4g"))
+        else:
+            rows.append(Target(f"{e['table']}: deeplora relative error - the best", deep - top,
+                               WITHIN, digits=".3g"))
+        if min(v for k, v in tests.items() if k != "deeplora") < SUCCEED:
+            rows.append(Target(f"{e['table']}: deeplora error where a peer is below "
+                               f"{SUCCEED:g}", deep, FAIL, digits=".3g"))
+        if "check_stop" in e:
+            rows.append(Target(f"{e['table']}: best validation RMSE, default stop / 10x steps",
+                               e["check_stop"]["ratio"], 1.01, digits=".4g"))
+    return rows
+
+
 def check_stop(t: Table, default: dict[str, Any]) -> dict[str, Any]:
     """deeplora for 10x the steps its default stop took, no early stopping: the best
     validation RMSE it reaches against the default's."""
@@ -321,6 +345,9 @@ def run(args: argparse.Namespace) -> int:
     print("\n== summary (test error; lower is better)")
     print(table(["table", "metric", "deeplora", "soft-impute", "ALS", "winner",
                  "deeplora within 2%", "never fails"], lines))
+    declared = targets(report["tables"])
+    print_targets(declared)
+    report["targets"] = to_json(declared)
     print(f"total {report['total_seconds'] / 60:.1f} min")
     if args.json is not None:
         write_json(args.json, json_safe(report))
