@@ -1,7 +1,6 @@
 """``deeplora bench fewshot``: the command line of the few-shot study
 (:mod:`deeplora.harness.fewshot`: data, cells, methods, the run log and ``--resume``)."""
 
-
 from __future__ import annotations
 
 import argparse

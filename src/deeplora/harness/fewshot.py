@@ -1,6 +1,6 @@
 """The few-shot study that ``deeplora bench fewshot`` and ``deeplora reproduce fewshot`` run:
-few-shot accuracy of Deep LoRA against PEFT's LoRA on the Amazon
-fine-food reviews with all-MiniLM-L6-v2, over the number of examples and the rank.
+accuracy of Deep LoRA against PEFT's LoRA on the Amazon fine-food reviews with
+all-MiniLM-L6-v2, over the number of examples and the rank.
 
 Every run goes through :func:`deeplora.finetune.finetune` (same data, head, loop, optimizer
 and evaluation for both methods; only the adapter differs):

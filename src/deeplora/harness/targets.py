@@ -5,13 +5,13 @@ tables as the Markdown of README.md and docs/BENCHMARKS.md, so that all three co
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .._io import read_json
 from ..errors import UserError
 from .machine import table
 
@@ -86,13 +86,8 @@ def read_targets(paths: Sequence[Path]) -> list[Target]:
     """The targets saved in benchmark JSON files, in the order given."""
     out: list[Target] = []
     for path in paths:
-        if not path.is_file():
-            raise UserError(f"{path} does not exist; give the --json file of a benchmark run")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({e})") from None
-        if not isinstance(data, dict) or "targets" not in data:
+        data = read_json(path, "benchmark results")
+        if "targets" not in data:
             raise UserError(f"{path} holds no targets; it was written by a benchmark without "
                             "them, or is not a benchmark's --json file")
         out += from_json(data["targets"], str(path))

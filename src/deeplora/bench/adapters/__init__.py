@@ -43,7 +43,7 @@ peak memory
     LoRA train step, each in a fresh 'spawn' subprocess (in this process with ``--quick`` or
     ``--no-isolate``), after a warm-up on a 1 x 8 token slice of the batch that loads lazy
     code and creates the optimizer state without leaving large freed buffers behind (see
-    :mod:`deeplora.bench._common`).
+    :mod:`deeplora.harness.machine`).
 adapter files
     Bytes on disk of :func:`~deeplora.adapters.save_adapter` (Deep LoRA, and Deep LoRA with
     the compressed init) and of PEFT's ``save_pretrained``.

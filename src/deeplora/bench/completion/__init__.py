@@ -43,7 +43,7 @@ MovieLens and the other real and synthetic tables are in ``deeplora bench datase
 
 Peak memory is the peak resident set size of the process running the solver (it sees torch's
 CPU allocations), minus its size before the solver was built; measured solvers run in a fresh
-'spawn' subprocess unless ``--quick`` (see :mod:`deeplora.bench._common`).
+'spawn' subprocess unless ``--quick`` (see :mod:`deeplora.harness.machine`).
 """
 
 from __future__ import annotations
