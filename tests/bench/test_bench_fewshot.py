@@ -311,7 +311,9 @@ def test_quick_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             assert r["lr"] is None and r["lr_used"] == DEFAULT_LR["deep-lora"]
     assert aggregate(runs, Settings(**{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in report["settings"].items()})) == {
-        k: report[k] for k in ("cells", "spread", "targets")}  # fmt: skip
+        "cells": report["cells"], "spread": report["spread"], "targets": report["verdicts"]}
+    declared = [t["figure"] for t in report["targets"]]  # the declared table (bench targets)
+    assert declared[-1].startswith("spread across ranks") and len(declared) == 3
     assert (tmp_path / "fewshot.png").stat().st_size > 0
     assert (tmp_path / "fewshot.svg").stat().st_size > 0
     # the run log holds every run: resuming runs nothing again

@@ -1,9 +1,9 @@
 """Benchmarks: they measure and print side-by-side ratios; the test suite never runs them.
 
-Each module adds one ``deeplora bench NAME`` subcommand through ``add_parser``. ``completion``,
-``datasets`` and ``adapters`` print their targets in one table and save it in their JSON
-(:mod:`deeplora.harness.targets`); ``deeplora bench targets FILE.json ...`` prints those tables
-as Markdown.
+Each module adds one ``deeplora bench NAME`` subcommand through ``add_parser``.
+``completion``, ``datasets``, ``adapters`` and ``fewshot`` print their targets in one table
+and save it in their JSON (:mod:`deeplora.harness.targets`); ``deeplora bench targets
+FILE.json ...`` prints those tables as Markdown.
 """
 
 from __future__ import annotations

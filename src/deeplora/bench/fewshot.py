@@ -31,8 +31,9 @@ from ..harness.fewshot import (
     run_benchmark,
     selection_jobs,
 )
-from ..harness.fewshot_report import aggregate, plot, render
+from ..harness.fewshot_report import aggregate, declared_targets, plot, render
 from ..harness.machine import describe_machine, machine_info
+from ..harness.targets import print_targets, to_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -165,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print()
     print(render(summary, selection, settings))
+    declared = declared_targets(summary, settings)
+    print_targets(declared)
     print(f"\nwall time {elapsed:.0f} s for the runs of this invocation "
           f"({settings.workers} worker(s) x 1 thread); summed over the runs: "
           f"{sum(r['seconds'] for r in records):.0f} s wall, "
@@ -182,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
                  "test": len(tables.test), "test_total": tables.test_total,
                  "test_majority": majority},
         "selection": selection,
-        **summary,
+        **{k: v for k, v in summary.items() if k != "targets"},
+        "verdicts": summary["targets"],
+        "targets": to_json(declared),
         "wall_seconds": elapsed,
         "runs": sorted(records, key=record_key),
     }

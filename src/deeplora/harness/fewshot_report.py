@@ -12,6 +12,7 @@ import numpy as np
 
 from .fewshot import LABELS, METHODS, SPREAD_TARGET, TIE, Settings, cells, mean_std
 from .machine import fmt, table
+from .targets import Target
 
 
 def aggregate(records: Iterable[dict[str, Any]], settings: Settings) -> dict[str, Any]:
@@ -64,6 +65,22 @@ def aggregate(records: Iterable[dict[str, Any]], settings: Settings) -> dict[str
         },
     }  # fmt: skip
     return {"cells": table_, "spread": spread, "targets": targets}
+
+
+def declared_targets(summary: dict[str, Any], settings: Settings) -> list[Target]:
+    """The summary's two targets as rows of the declared table
+    (:mod:`deeplora.harness.targets`): Deep LoRA's mean minus PEFT LoRA's at each n (at least
+    0), and Deep LoRA's spread across ranks over PEFT LoRA's (at most ``SPREAD_TARGET``)."""
+    rows = []
+    for p in summary["targets"]["mean_at_every_n"]["per_n"]:
+        gap = (None if p["deep_lora"] is None or p["lora"] is None
+               else round(p["deep_lora"] - p["lora"], 9))  # equal counts are a tie
+        rows.append(Target(f"accuracy Deep LoRA - PEFT LoRA, n = {p['n']}, rank "
+                           f"{settings.base_rank}", gap, 0.0, at_most=False, digits=".3f"))
+    rs = summary["targets"]["rank_spread"]
+    rows.append(Target(f"spread across ranks (n = {rs['n']}), Deep LoRA / PEFT LoRA",
+                       rs["ratio"], SPREAD_TARGET, digits=".2f"))
+    return rows
 
 
 # =========================================================================== report
