@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,18 @@ def test_cli_under_two_ranks_matches_one_process(tmp_path: Path) -> None:
         p.name for p in (tmp_path / "one").iterdir())
     f1, f2 = one.left @ one.right.T, two.left @ two.right.T
     assert float((f1 - f2).norm() / f1.norm()) < 1e-9
+
+
+def test_complete_shards_only_when_asked(tmp_path: Path) -> None:
+    """``complete(..., make_solver=sharded_solver)`` on two ranks gives every rank the model
+    one process gets from ``complete`` alone."""
+    from deeplora.completion import complete
+
+    assert workers.launch(workers.complete_sharded, 2, str(tmp_path)) == [0, 0]
+    _, obs = workers.completion_problem()
+    alone = complete(obs, workers.completion_config(200)).predict_index(obs.rows, obs.cols)
+    for r in range(2):
+        saved = torch.load(tmp_path / f"rank{r}.pt")
+        assert saved["solver"] == "DistributedCompressedSolver"  # it did shard
+        sharded = saved["predictions"].numpy()
+        assert np.abs(sharded - alone).max() < 1e-6 * np.abs(alone).max()

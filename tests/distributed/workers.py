@@ -92,6 +92,22 @@ def fit_sharded(rank: int, world: int, out: str, max_steps: int, resume: bool,
     runtime.shutdown()
 
 
+def complete_sharded(rank: int, world: int, out: str) -> None:
+    """``complete(..., make_solver=sharded_solver)`` as docs/DISTRIBUTED.md shows it; saves
+    the predictions at every observed entry."""
+    from deeplora.completion import complete
+    from deeplora.distributed import runtime
+    from deeplora.distributed.completion import sharded_solver
+
+    runtime.initialize(runtime.environment(), timeout=60)  # type: ignore[arg-type]
+    _, obs = completion_problem()
+    model = complete(obs, completion_config(200), make_solver=sharded_solver)
+    torch.save({"solver": model.info["solver"],
+                "predictions": torch.from_numpy(model.predict_index(obs.rows, obs.cols))},
+               Path(out) / f"rank{rank}.pt")
+    runtime.shutdown()
+
+
 def faulty_rank(rank: int, world: int, out: str, mode: str) -> None:
     """Rank 1 dies (``mode="die"``) or hangs (``"hang"``) at step 10; the others record
     the error they end with and how long it took to arrive."""
