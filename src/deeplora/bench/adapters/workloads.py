@@ -8,6 +8,7 @@ import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,13 @@ def _reviews(count: int) -> tuple[list[str], torch.Tensor]:
     return [str(t) for t in df["review"]], labels
 
 
+def _encode(tokenizer: Any, texts: list[str], case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``texts``, padded or cut to ``case.seq_len``."""
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=case.seq_len,
+                    return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
 def _random_tokens(case: Case) -> torch.Tensor:
     gen = torch.Generator().manual_seed(case.seed)
     return torch.randint(1, QUICK_VOCAB, (case.batch_size, case.seq_len), generator=gen)
@@ -101,14 +109,7 @@ def _minilm(case: Case) -> Workload:
         encoder = transformers.AutoModel.from_pretrained(path)
         config = encoder.config
         texts, labels = _reviews(case.batch_size)
-        enc = tokenizer(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=case.seq_len,
-            return_tensors="pt",
-        )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
+        ids, mask = _encode(tokenizer, texts, case)
     model = PooledModel(encoder, 2, "mean").train()
     return Workload(
         case,
@@ -156,14 +157,7 @@ def _smollm(case: Case) -> Workload:
                 folder, gguf_file=name, dtype=torch.float32
             )
         texts, _ = _reviews(case.batch_size)
-        enc = tokenizer(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=case.seq_len,
-            return_tensors="pt",
-        )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
+        ids, mask = _encode(tokenizer, texts, case)
     labels = ids.masked_fill(mask == 0, -100)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     return Workload(
