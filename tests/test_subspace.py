@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from deeplora import subspace
 from deeplora.subspace import (
     chain,
     chain_grads,
@@ -104,7 +105,7 @@ def test_identity_basis_equals_dense_construction_for_identity_init(exact):
     grad_first = chain_grads(factors, grad_f)[0]
     left_d, right_d = compress_dense(factors, grad_first, r_hat, eps, exact=exact)
     u, _, v = top_singular(grad_f, r_hat)
-    left_i, right_i = compress_identity(torch.from_numpy(u), torch.from_numpy(v), (m, n),
+    left_i, right_i = compress_identity(u, v, (m, n),
                                         exact=exact)
     assert right_i.shape == (n, (3 if exact else 2) * r_hat)
     torch.testing.assert_close(right_i.T @ right_i, torch.eye(right_i.shape[1],
@@ -163,3 +164,24 @@ def test_randomized_subspace_iteration_finds_the_top_subspace(monkeypatch, as_op
     np.testing.assert_allclose(np.abs(u.T @ ue[:, :3]), np.eye(3), atol=1e-6)
     np.testing.assert_allclose(np.abs(v.T @ vte[:3].T), np.eye(3), atol=1e-6)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
+def test_top_singular_of_a_dense_tensor_spans_the_top_singular_spaces(
+    exact: bool, shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not exact:
+        monkeypatch.setattr(subspace, "EXACT_SVD_MAX_DIM", 10)  # use the randomized path
+    gen = torch.Generator().manual_seed(0)
+    u0 = torch.linalg.qr(torch.randn(shape[0], 5, generator=gen, dtype=torch.float64)).Q
+    v0 = torch.linalg.qr(torch.randn(shape[1], 5, generator=gen, dtype=torch.float64)).Q
+    s = torch.tensor([10.0, 8.0, 6.0, 1e-2, 1e-3], dtype=torch.float64)
+    g = (u0 * s) @ v0.T
+    u, values, v = subspace.top_singular(g.float(), 3)
+    torch.testing.assert_close(values, s[:3], rtol=1e-5, atol=0)
+    assert u.shape == (shape[0], 3) and v.shape == (shape[1], 3)
+    for found, true in ((u, u0[:, :3]), (v, v0[:, :3])):
+        torch.testing.assert_close(found.T @ found, torch.eye(3, dtype=torch.float64))
+        cosines = torch.linalg.svdvals(found.T @ true)
+        torch.testing.assert_close(cosines, torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)

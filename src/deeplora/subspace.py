@@ -17,7 +17,7 @@ problem, ``W_l(t) = U_l diag(Wt_l(t), eps I) V_l^T`` for fixed orthonormal ``U_l
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -152,29 +152,48 @@ def orth(m: torch.Tensor) -> torch.Tensor:
 RANDOMIZED_MIN = 20_000
 #: Power iterations and oversampling of the randomized method.
 RANDOMIZED_ITERS, RANDOMIZED_OVERSAMPLE = 20, 10
+#: Dense torch tensors whose smaller side is at most this get exact singular vectors from the
+#: eigendecomposition of the smaller Gram matrix; larger ones the randomized method.
+EXACT_SVD_MAX_DIM = 1024
+#: Power iterations of the randomized method on dense torch tensors.
+DENSE_RANDOMIZED_ITERS = 6
 
 
+@overload
+def top_singular(matrix: torch.Tensor, k: int, *, seed: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...  # fmt: skip
+@overload
+def top_singular(matrix: np.ndarray | sp.spmatrix | sp.sparray | LinearOperator, k: int, *,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...  # fmt: skip
 def top_singular(
     matrix: torch.Tensor | np.ndarray | sp.spmatrix | sp.sparray | LinearOperator,
     k: int,
     *,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The top-``k`` singular triplets ``(U, S, V)`` of a dense or scipy.sparse matrix, or
-    of a :class:`~scipy.sparse.linalg.LinearOperator` (known only through its products).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top-``k`` singular triplets ``(U, S, V)`` of a matrix: the one truncated SVD of the
+    library. Singular values come in descending order; signs are arbitrary.
 
-    Small or dense matrices: a full SVD (a small operator is applied to the identity first).
-    Sparse matrices and operators: Lanczos (ARPACK) with a seeded start vector, cost O(nnz k)
-    per iteration; from ``RANDOMIZED_MIN`` rows and columns on, randomized subspace iteration
-    (``RANDOMIZED_ITERS`` power iterations on ``k + RANDOMIZED_OVERSAMPLE`` seeded vectors,
-    each two block products), where Lanczos needs thousands of products to separate a
-    clustered spectrum (docs/METHOD.md 3.2). Singular values come in descending order.
+    A dense torch tensor stays in torch, on its device, in float64: with a smaller side up to
+    ``EXACT_SVD_MAX_DIM``, exact from the eigendecomposition of the smaller Gram matrix
+    (``A A^T = U S^2 U^T``, ``V = orth(A^T U)``; O(m n min(m, n)), several times cheaper than a
+    full SVD); larger, :func:`randomized_svd` from ``k + 10`` seeded columns with
+    ``DENSE_RANDOMIZED_ITERS`` iterations (accurate when the spectrum has a gap after the
+    ``k``-th value). Used by the compressed Deep LoRA init on one layer's gradient.
+
+    A numpy array, scipy.sparse matrix or :class:`~scipy.sparse.linalg.LinearOperator` (known
+    only through its products) gives numpy arrays: small or dense matrices a full SVD (a small
+    operator is applied to the identity first); sparse matrices and operators Lanczos (ARPACK)
+    with a seeded start vector, cost O(nnz k) per iteration; from ``RANDOMIZED_MIN`` rows and
+    columns on, :func:`randomized_svd` (``RANDOMIZED_ITERS`` iterations on
+    ``k + RANDOMIZED_OVERSAMPLE`` seeded vectors), where Lanczos needs thousands of products to
+    separate a clustered spectrum (docs/METHOD.md 3.2).
     """
-    if isinstance(matrix, torch.Tensor):
-        matrix = matrix.detach().cpu().numpy()
     m, n = matrix.shape
     if k < 1:
         raise UserError(f"k must be >= 1, got {k}")
+    if isinstance(matrix, torch.Tensor):
+        return _top_singular_dense(matrix.detach(), k, seed)
     small = min(m, n) <= max(64, 3 * k) or m * n <= 250_000
     if not small and min(m, n) >= RANDOMIZED_MIN and (
             sp.issparse(matrix) or isinstance(matrix, LinearOperator)):
@@ -196,6 +215,23 @@ def top_singular(
     u, s, vt = svds(sp.csr_matrix(matrix), k=k, v0=v0, tol=0, return_singular_vectors=True)
     order = np.argsort(s)[::-1]
     return u[:, order], s[order], vt[order].T
+
+
+def _top_singular_dense(g: torch.Tensor, k: int, seed: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    flip = g.shape[0] > g.shape[1]
+    a = (g.T if flip else g).double()  # m x n with m <= n
+    if a.shape[0] <= EXACT_SVD_MAX_DIM:
+        values, vectors = torch.linalg.eigh(a @ a.T)  # ascending eigenvalues
+        u, s = vectors[:, -k:].flip(1), values[-k:].flip(0).clamp(min=0).sqrt()
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        q = min(k + 10, a.shape[0])
+        omega = torch.randn(a.shape[1], q, generator=gen, dtype=a.dtype).to(a.device)
+        u, s, _, _ = randomized_svd(lambda x: a @ x, lambda y: a.T @ y, omega, k,
+                                    iters=DENSE_RANDOMIZED_ITERS)
+    v = orth(a.T @ u)
+    return (v, s, u) if flip else (u, s, v)
 
 
 def _randomized(matrix: sp.spmatrix | sp.sparray | LinearOperator, k: int, seed: int

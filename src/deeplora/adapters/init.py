@@ -45,41 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..subspace import compress_identity, orth, randomized_svd
+from ..subspace import compress_identity, top_singular
 from .config import DeepLoraConfig
 from .layer import DeepLoraBranch, DeepLoraLayer, adapters_disabled, factor_dtype
-
-# Above this smaller dimension the top-r_hat singular vectors are found by a seeded randomized
-# subspace iteration instead of an exact eigendecomposition of the smaller Gram matrix.
-EXACT_SVD_MAX_DIM = 1024
-
-
-def top_singular_vectors(
-    g: torch.Tensor, k: int, *, seed: int = 0, power_iters: int = 6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spans of the top-``k`` left and right singular vectors ``(U, V)`` of a dense ``g``, as
-    float64 orthonormal columns (signs arbitrary).
-
-    ``min(g.shape) <= EXACT_SVD_MAX_DIM``: exact, from the eigendecomposition of the smaller
-    Gram matrix (``g g^T = U S^2 U^T``, then ``V = orth(g^T U)``), O(d_out d_in min(d)) time,
-    several times cheaper than a full SVD. Larger: a seeded randomized range finder with
-    ``power_iters`` subspace iterations and ``k + 10`` columns, O(d_out d_in k) per iteration
-    (accurate when the spectrum has a gap after the ``k``-th value; any basis is a valid init).
-    """
-    flip = g.shape[0] > g.shape[1]
-    a = (g.T if flip else g).double()  # m x n with m <= n
-    if a.shape[0] <= EXACT_SVD_MAX_DIM:
-        _, vectors = torch.linalg.eigh(a @ a.T)  # ascending eigenvalues
-        u = vectors[:, -k:].flip(1)
-    else:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        q = min(k + 10, a.shape[0])
-        omega = torch.randn(a.shape[1], q, generator=gen, dtype=a.dtype).to(a.device)
-        u, _, _, _ = randomized_svd(lambda x: a @ x, lambda y: a.T @ y, omega, k,
-                                    iters=power_iters)
-    v = orth(a.T @ u)
-    u, v = u.cpu(), v.cpu()
-    return (v, u) if flip else (u, v)
 
 
 class _LayerCapture:
@@ -149,11 +117,11 @@ def compressed_branch(grad: torch.Tensor, config: DeepLoraConfig) -> DeepLoraBra
         raise UserError(f"rank {k} is larger than the layer's dimensions {d_out} x {d_in}")
     dtype = grad.dtype
     if d_out <= d_in:
-        u, v = top_singular_vectors(grad, r_hat, seed=config.seed)
-        left, right = compress_identity(u, v, (d_out, d_in))
+        u, _, v = top_singular(grad, r_hat, seed=config.seed)
+        left, right = compress_identity(u.cpu(), v.cpu(), (d_out, d_in))
     else:
-        u, v = top_singular_vectors(grad.T, r_hat, seed=config.seed)
-        small, big = compress_identity(u, v, (d_in, d_out))
+        u, _, v = top_singular(grad.T, r_hat, seed=config.seed)
+        small, big = compress_identity(u.cpu(), v.cpu(), (d_in, d_out))
         left, right = big, small
     eye = config.eps * torch.eye(k, dtype=torch.float64)
     factors = [right.T, *([eye] * config.depth), left]
