@@ -33,9 +33,11 @@ FINETUNE_DEMO_OUT = Path("runs/finetune-demo")
 # FinetuneConfig fields set from options of the same name (None: the config's default)
 _FINETUNE_FIELDS = ("task", "text_column", "pair_column", "label_column", "prompt_column",
                     "completion_column", "n", "eval_fraction", "max_length", "model", "method",
-                    "rank", "depth", "init", "init_scale", "gamma", "lora_alpha", "lr",
+                    "rank", "depth", "init", "init_scale", "gamma", "lora_alpha", "lora_init",
+                    "lr",
                     "head_lr", "steps", "batch_size", "eval_batch_size", "eval_every",
-                    "checkpoint_every", "generations", "max_new_tokens", "seed", "threads")
+                    "checkpoint_every", "generations", "max_new_tokens", "seed", "init_seed",
+                    "threads")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +46,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         DEFAULT_HEAD_LR,
         DEFAULT_INIT_SCALE,
         DEFAULT_LR,
+        LORA_INITS,
         METHODS,
+        RECIPES,
         TASKS,
     )
 
@@ -85,6 +89,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--init-scale", type=float, help=f"Deep LoRA eps (default: {scales})")
     g.add_argument("--gamma", type=float, help="compressed init: outer lr factor (0.01)")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 8, PEFT's)")
+    g.add_argument("--lora-init", choices=LORA_INITS,
+                   help="LoRA init: peft (default: PEFT's, scaling alpha / rank) or paper (the "
+                        "paper's vanilla LoRA: A ~ N(0, 1), B = 0, scaling 1)")
+    g.add_argument("--recipe", choices=RECIPES,
+                   help="library (default: the measured defaults) or paper (the paper's "
+                        "few-shot recipe: every dense layer, eps 1e-3, lr 1e-4 (compressed: 1e-2, "
+                        "gamma 1e-2), 1000 steps of batch 16); options given go on top")
     g = p.add_argument_group("training")
     lrs = ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items())
     g.add_argument("--lr", type=float, help=f"learning rate (default: {lrs}; compressed 1e-2)")
@@ -99,6 +110,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--generations", type=int, help="causal-lm: prompts to complete (3)")
     g.add_argument("--max-new-tokens", type=int, help="causal-lm: generation length (32)")
     g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--init-seed", type=int,
+                   help="seed of the adapter's init alone (default: --seed)")
     g.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path,
@@ -136,6 +149,11 @@ def _finetune(args: argparse.Namespace, *, main: bool) -> int:
     if args.demo == (args.train is not None):
         raise UserError("give a TRAIN file or --demo (not both)")
     fields = {f: getattr(args, f) for f in _FINETUNE_FIELDS if getattr(args, f) is not None}
+    if args.recipe is not None:
+        from .finetune.config import recipe_settings
+
+        fields = {**recipe_settings(args.recipe, args.method or "deep-lora",
+                                    args.init or "orthogonal"), **fields}  # fmt: skip
     if args.target_modules is not None:
         fields["target_modules"] = _target_modules(args.target_modules)
     out, overwrite = args.out, args.overwrite

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deeplora.finetune import DEFAULT_HEAD_LR, DEFAULT_INIT_SCALE, DEFAULT_LR, FinetuneConfig
-from deeplora.finetune.config import DEFAULT_COMPRESSED_LR
+from deeplora.finetune.config import DEFAULT_COMPRESSED_LR, recipe_settings
 
 
 def test_defaults_are_the_papers_optimizer() -> None:
@@ -31,6 +31,29 @@ def test_init_scales_resolve_by_init() -> None:
     assert FinetuneConfig(init="compressed").factor_scale == DEFAULT_INIT_SCALE["compressed"]
     assert FinetuneConfig(init="compressed").factor_scale == 1e-3  # its lr was set at it
     assert FinetuneConfig(init_scale=0.2, init="compressed").factor_scale == 0.2
+
+
+def test_the_papers_recipe_sets_every_method_apart_from_the_library_defaults() -> None:
+    assert recipe_settings("library", "lora") == {}
+    lora = FinetuneConfig(method="lora", **recipe_settings("paper", "lora"))
+    assert (lora.target_modules, lora.learning_rate, lora.steps, lora.batch_size) == (
+        "all-dense", 1e-4, 1000, 16)
+    deep = FinetuneConfig(**recipe_settings("paper"))
+    assert (deep.factor_scale, deep.learning_rate, deep.steps) == (1e-3, 1e-4, 1000)
+    compressed = FinetuneConfig(init="compressed", **recipe_settings("paper", init="compressed"))
+    assert (compressed.factor_scale, compressed.learning_rate, compressed.gamma) == (
+        1e-3, 1e-2, 1e-2)
+    with pytest.raises(ValueError, match="the paper's recipe is for adapters"):
+        recipe_settings("paper", "full")
+    with pytest.raises(ValueError, match="recipe must be one of library, paper"):
+        recipe_settings("authors")
+
+
+def test_the_papers_lora_has_scaling_one_and_the_adapter_seed_defaults_to_the_seed() -> None:
+    assert FinetuneConfig(method="lora", rank=16).lora_scaling_alpha == 8.0
+    assert FinetuneConfig(method="lora", rank=16, lora_init="paper").lora_scaling_alpha == 16.0
+    assert FinetuneConfig(seed=3).adapter_seed == 3
+    assert FinetuneConfig(seed=3, init_seed=7).adapter_seed == 7
 
 
 def test_round_trip() -> None:
@@ -61,6 +84,12 @@ def test_round_trip() -> None:
         ({"text_column": ""}, "text_column must be a non-empty column name"),
         ({"task": "causal-lm", "pair_column": "b"}, "pair_column applies to classification"),
         ({"threads": 0}, "threads must be >= 1"),
+        ({"lora_init": "gaussian", "method": "lora"}, "lora_init must be one of peft, paper"),
+        ({"lora_init": "paper"}, "lora_init='paper' has no effect with method='deep-lora'"),
+        ({"method": "lora", "lora_init": "paper", "lora_alpha": 16.0},
+         "lora_alpha=16.0 has no effect with method='lora', lora_init='paper'"),
+        ({"method": "full", "init_seed": 1}, "init_seed=1 has no effect with method='full'"),
+        ({"init_seed": -1}, "init_seed must be >= 0"),
     ],
 )
 def test_bad_values_name_the_problem(kwargs: dict, message: str) -> None:

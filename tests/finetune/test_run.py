@@ -250,6 +250,46 @@ def test_lora_uses_peft_with_the_same_targets(models: dict[str, Path], tmp_path:
     ]
 
 
+def test_the_papers_lora_draws_a_from_a_standard_normal_with_scaling_one(
+    models: dict[str, Path]
+) -> None:
+    pytest.importorskip("peft")
+    from peft.tuners.lora import LoraLayer
+
+    def lora_layers(**kwargs: object) -> list[LoraLayer]:
+        result = finetune(reviews(24), config(models["bert"], method="lora", steps=0, rank=8,
+                                              **kwargs), evaluation=reviews(8, seed=1))
+        return [m for m in result.model.modules() if isinstance(m, LoraLayer)]
+
+    layers = lora_layers(lora_init="paper")
+    a = torch.cat([m.lora_A["default"].weight.flatten() for m in layers])
+    assert len(layers) == 4 and a.numel() == 4 * 8 * 32
+    assert abs(a.mean().item()) < 0.1 and abs(a.std().item() - 1.0) < 0.05  # N(0, 1)
+    assert all(m.scaling["default"] == 1.0 for m in layers)
+    assert all(not m.lora_B["default"].weight.any() for m in layers)  # B = 0: the base model
+    peft_a = torch.cat([m.lora_A["default"].weight.flatten() for m in lora_layers()])
+    assert peft_a.abs().max() <= 1 / 32**0.5 + 1e-6  # PEFT's: kaiming-uniform, bound 1/sqrt(d_in)
+    again = torch.cat([m.lora_A["default"].weight.flatten()
+                       for m in lora_layers(lora_init="paper", seed=5, init_seed=0)])
+    torch.testing.assert_close(again, a)  # the init follows the adapter's seed alone
+
+
+def test_init_seed_redraws_the_adapter_alone(models: dict[str, Path], tmp_path: Path) -> None:
+    def run(name: str, **kwargs: object) -> tuple[list[int], torch.Tensor]:
+        result = finetune(reviews(40), config(models["bert"], n=12, steps=0, **kwargs),
+                          evaluation=reviews(8, seed=1), out=tmp_path / name)
+        layer = next(m for m in result.model.modules() if isinstance(m, DeepLoraLayer))
+        rows = json.loads((tmp_path / name / "config.json").read_text())["train_rows"]
+        return rows, next(iter(layer.adapters.values())).factors[0].detach().clone()
+
+    rows, factor = run("a", seed=2)
+    same_rows, same = run("b", seed=2, init_seed=2)
+    other_rows, other = run("c", seed=2, init_seed=9)
+    assert rows == same_rows == other_rows
+    torch.testing.assert_close(same, factor)
+    assert not torch.allclose(other, factor)
+
+
 def test_full_fine_tuning_saves_the_whole_model(models: dict[str, Path], tmp_path: Path) -> None:
     finetune(reviews(24), config(models["bert"], method="full", steps=2),
              evaluation=reviews(8, seed=1), out=tmp_path / "o")  # fmt: skip

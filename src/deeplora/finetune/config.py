@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ..adapters.config import DEFAULT_COMPRESSED_LR
+from ..adapters.config import DEFAULT_COMPRESSED_LR, PAPER_INIT_SCALE, PAPER_LR
 from ..adapters.config import DEFAULT_INIT_SCALE as ADAPTER_INIT_SCALE
 from ..adapters.config import DEFAULT_LR as ADAPTER_LR
 from ..errors import UserError
@@ -22,10 +22,14 @@ from ..errors import UserError
 Task = Literal["classification", "regression", "causal-lm"]
 Method = Literal["deep-lora", "lora", "full"]
 FinetuneInit = Literal["orthogonal", "compressed"]
+LoraInit = Literal["peft", "paper"]
+Recipe = Literal["library", "paper"]
 
 TASKS: tuple[str, ...] = ("classification", "regression", "causal-lm")
 METHODS: tuple[str, ...] = ("deep-lora", "lora", "full")
 ADAPTER_INITS: tuple[str, ...] = ("orthogonal", "compressed")
+LORA_INITS: tuple[str, ...] = ("peft", "paper")
+RECIPES: tuple[str, ...] = ("library", "paper")
 
 # Learning rate of the adapter (or of every weight, for "full") when ``lr`` is None: the best
 # validation accuracy of grids on MiniLM and the Amazon reviews, 100 steps (README, "Few-shot
@@ -37,6 +41,14 @@ DEFAULT_INIT_SCALE: dict[str, float] = {k: ADAPTER_INIT_SCALE[k] for k in ADAPTE
 # Learning rate of the new task head when ``head_lr`` is None, the same for every adapter
 # method: the head starts at random and must train (at 1e-4 it hardly moves in 100 steps).
 DEFAULT_HEAD_LR = 1e-3
+
+# The paper's few-shot recipe (docs/METHOD.md 4.1), for every method: every dense layer adapted,
+# Deep LoRA at eps 1e-3, lr 1e-4, 1000 AdamW steps of batch 16; compressed Deep LoRA's inner
+# factors at lr 1e-2 and its outer ones at gamma = 1e-2 times that.
+PAPER_RECIPE: dict[str, Any] = {"target_modules": "all-dense", "lr": PAPER_LR, "steps": 1000,
+                                "batch_size": 16}  # fmt: skip
+PAPER_DEEP = {"init_scale": PAPER_INIT_SCALE}
+PAPER_COMPRESSED = {"init_scale": PAPER_INIT_SCALE, "lr": 1e-2, "gamma": 1e-2}
 @dataclass
 class FinetuneConfig:
     """What to train, on what, and how. Every field has a default; see the comments."""
@@ -62,6 +74,9 @@ class FinetuneConfig:
     init_scale: float | None = None  # Deep LoRA: eps of the factors; None: DEFAULT_INIT_SCALE
     gamma: float = 1e-2  # compressed Deep LoRA: the outer factors train at gamma * lr
     lora_alpha: float = 8.0  # LoRA: PEFT's default; scaling lora_alpha / rank
+    # LoRA: "peft" (PEFT's: A kaiming-uniform, B = 0, scaling lora_alpha / rank) or "paper"
+    # (the paper's vanilla LoRA: A ~ N(0, 1), B = 0, scaling 1)
+    lora_init: LoraInit = "peft"
     # --- optimizer and loop (docs/METHOD.md 4)
     lr: float | None = None  # None: DEFAULT_LR[method] (DEFAULT_COMPRESSED_LR if compressed)
     head_lr: float | None = None  # None: DEFAULT_HEAD_LR (or lr, for "full")
@@ -76,6 +91,7 @@ class FinetuneConfig:
     generations: int = 3  # causal-lm: evaluation prompts to complete greedily
     max_new_tokens: int = 32  # causal-lm: length of those completions
     seed: int = 0  # sampling, held-out split, head and adapter init, data order, dropout
+    init_seed: int | None = None  # the adapter's init alone (None: seed)
     threads: int | None = None  # torch threads (None: torch's choice)
     progress: bool = True  # tqdm bar with the running loss (off when not a terminal)
 
@@ -84,6 +100,7 @@ class FinetuneConfig:
         _choice("task", self.task, TASKS)
         _choice("method", self.method, METHODS)
         _choice("init", self.init, ADAPTER_INITS)
+        _choice("lora_init", self.lora_init, LORA_INITS)
         for name in ("text_column", "label_column", "prompt_column", "completion_column"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -112,6 +129,7 @@ class FinetuneConfig:
                           ("seed", 0)):  # fmt: skip
             _integer(name, getattr(self, name), low=low)
         _integer("threads", self.threads, low=1, allow_none=True)
+        _integer("init_seed", self.init_seed, low=0, allow_none=True)
         _number("init_scale", self.init_scale, low=0.0, open_low=True, allow_none=True)
         _number("gamma", self.gamma, low=0.0)
         _number("lora_alpha", self.lora_alpha, low=0.0, open_low=True)
@@ -147,13 +165,16 @@ class FinetuneConfig:
         by_method = {"rank": self.method != "full", "target_modules": self.method != "full",
                      "depth": deep, "init": deep, "init_scale": deep,
                      "gamma": deep and self.init == "compressed",
-                     "lora_alpha": self.method == "lora"}
+                     "lora_alpha": self.method == "lora" and self.lora_init == "peft",
+                     "lora_init": self.method == "lora", "init_seed": self.method != "full"}
         by_task = {"generations": lm, "max_new_tokens": lm, "head_lr": not lm,
                    "text_column": not lm, "label_column": not lm, "prompt_column": lm,
                    "completion_column": lm}
         defaults = {f.name: f.default for f in fields(self)}
         for applies, where in ((by_method, f"method={self.method!r}"
-                                + (f", init={self.init!r}" if deep else "")),
+                                + (f", init={self.init!r}" if deep else "")
+                                + (f", lora_init={self.lora_init!r}"
+                                   if self.method == "lora" else "")),
                                (by_task, f"task={self.task!r}")):
             for name, used in applies.items():
                 if not used and getattr(self, name) != defaults[name]:
@@ -185,6 +206,16 @@ class FinetuneConfig:
         return self.init_scale if self.init_scale is not None else DEFAULT_INIT_SCALE[self.init]
 
     @property
+    def adapter_seed(self) -> int:
+        """``init_seed``, or ``seed``: the seed of the adapter's init."""
+        return self.seed if self.init_seed is None else self.init_seed
+
+    @property
+    def lora_scaling_alpha(self) -> float:
+        """PEFT's ``lora_alpha``: as set, or ``rank`` (scaling 1) for the paper's LoRA."""
+        return float(self.rank) if self.lora_init == "paper" else self.lora_alpha
+
+    @property
     def head_learning_rate(self) -> float:
         """``head_lr``, or the default (``lr`` for full fine-tuning)."""
         if self.head_lr is not None:
@@ -195,6 +226,24 @@ class FinetuneConfig:
         data = asdict(self)
         data["betas"] = list(self.betas)
         return data
+
+
+def recipe_settings(recipe: str, method: str = "deep-lora",
+                    init: str = "orthogonal") -> dict[str, Any]:  # fmt: skip
+    """The :class:`FinetuneConfig` fields a recipe sets for ``method`` (and Deep LoRA's
+    ``init``): none for ``"library"`` (the defaults), :data:`PAPER_RECIPE` and, for Deep LoRA,
+    :data:`PAPER_DEEP` or :data:`PAPER_COMPRESSED` for ``"paper"``. Explicit settings go on
+    top: ``FinetuneConfig(**{**recipe_settings("paper", "lora"), "steps": 200})``."""
+    _choice("recipe", recipe, RECIPES)
+    _choice("method", method, METHODS)
+    if recipe == "library":
+        return {}
+    if method == "full":
+        raise UserError("the paper's recipe is for adapters: use it with method='deep-lora' or "
+                        "'lora'")  # fmt: skip
+    if method == "lora":
+        return dict(PAPER_RECIPE)
+    return {**PAPER_RECIPE, **(PAPER_COMPRESSED if init == "compressed" else PAPER_DEEP)}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -11,6 +11,8 @@ differ only in what :func:`attach` puts on the model and which parameters train:
     PEFT's ``get_peft_model`` with ``LoraConfig(r=rank, lora_alpha, lora_dropout=0,
     target_modules)`` on the same modules (the same names are resolved by
     :func:`deeplora.adapters.find_targets`); the head goes to ``modules_to_save``.
+    ``lora_init="paper"``: the paper's vanilla LoRA on the same PEFT model, ``lora_A`` drawn
+    from N(0, 1) and ``lora_alpha = rank`` (scaling 1; :func:`paper_lora_init`).
 ``full``
     every parameter trains.
 
@@ -79,7 +81,7 @@ def _deep_config(config: FinetuneConfig, head: str | None) -> DeepLoraConfig:
         target_modules=config.target_modules,
         modules_to_train=[head] if head else [],
         gamma=config.gamma,
-        seed=config.seed,
+        seed=config.adapter_seed,
     )
 
 
@@ -102,6 +104,24 @@ def _groups(
     return groups
 
 
+def paper_lora_init(model: nn.Module, seed: int) -> int:
+    """The paper's vanilla LoRA init on a PEFT model (docs/METHOD.md 4.1): every ``lora_A``
+    drawn from N(0, 1) by ``seed`` (``lora_B`` stays 0, so the model is unchanged). With
+    ``lora_alpha = rank`` the scaling is 1. Returns the number of ``lora_A`` matrices."""
+    from peft.tuners.lora import LoraLayer
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    count = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for name in sorted(module.lora_A):
+                weight = module.lora_A[name].weight
+                with torch.no_grad():
+                    weight.copy_(torch.randn(weight.shape, generator=gen))
+                count += 1
+    return count
+
+
 def _head_parameters(inner: nn.Module, head: str | None) -> list[nn.Parameter]:
     if head is None:
         return []
@@ -116,7 +136,7 @@ def attach(
 ) -> Adapted:
     """Prepare ``model`` (in place) for ``config.method``; ``head`` is the path of the task
     head that trains fully (or None). ``first_batch_loss`` feeds the compressed init."""
-    torch.manual_seed(config.seed)  # PEFT's LoRA init draws from the global generator
+    torch.manual_seed(config.adapter_seed)  # PEFT's LoRA init draws from the global generator
     if config.method == "deep-lora":
         deep = _deep_config(config, head)
         loss_fn = first_batch_loss if deep.init == "compressed" else None
@@ -136,7 +156,7 @@ def attach(
         )
         lora_config = LoraConfig(
             r=config.rank,
-            lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # a float works
+            lora_alpha=config.lora_scaling_alpha,  # type: ignore[arg-type]  # a float works
             lora_dropout=0.0,
             bias="none",
             target_modules=targets,
@@ -146,6 +166,8 @@ def attach(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model = get_peft_model(model, lora_config)
+        if config.lora_init == "paper":
+            paper_lora_init(peft_model, config.adapter_seed)
         inner = peft_model.get_base_model()
         groups = _groups(peft_model, _head_parameters(inner, head), config, deep=False)
         return Adapted("lora", peft_model, inner, groups)
