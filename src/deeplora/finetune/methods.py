@@ -116,8 +116,9 @@ def paper_lora_init(model: nn.Module, seed: int) -> int:
         if isinstance(module, LoraLayer):
             for name in sorted(module.lora_A):
                 weight = module.lora_A[name].weight
+                assert isinstance(weight, torch.Tensor)
                 with torch.no_grad():
-                    weight.copy_(torch.randn(weight.shape, generator=gen))
+                    weight.copy_(torch.randn(tuple(weight.shape), generator=gen))
                 count += 1
     return count
 
