@@ -152,8 +152,8 @@ def fewshot_summary() -> dict[str, Any]:
         for n, rank in ((16, 4), (16, 8), (64, 8)):
             mean = None if (method, n, rank) == ("lora", 16, 4) else base + n / 1000
             cells.append({"method": method, "n": n, "rank": rank,
-                          "accuracy": {"mean": mean, "std": 0.02, "count": 3}})  # fmt: skip
-    return {"cells": cells}
+                          "score": {"mean": mean, "std": 0.02, "count": 3}})  # fmt: skip
+    return {"cells": cells, "metric": "accuracy"}
 
 
 def test_fewshot(tmp_path: Path) -> None:

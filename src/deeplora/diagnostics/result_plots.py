@@ -154,13 +154,13 @@ def plot_fewshot(
     majority: float | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Few-shot test accuracy (mean ± std over seeds): against the number of examples ``n``
-    at ``base_rank`` (left), and against the rank at ``n = rank_n`` (right), one marker per
+    """Few-shot score (mean ± std over seeds): against the number of examples ``n`` at
+    ``base_rank`` (left), and against the rank at ``n = rank_n`` (right), one marker per
     method, with the majority-class accuracy as a dotted line (docs/METHOD.md 4.1).
 
-    ``summary["cells"]`` holds ``{"method", "n", "rank", "accuracy": {"mean", "std"}}`` per
-    cell (``deeplora.bench.fewshot.aggregate``); cells with no mean are left out. ``labels``
-    names the methods in the legend (default: Deep LoRA, PEFT LoRA).
+    ``summary["cells"]`` holds ``{"method", "n", "rank", "score": {"mean", "std"}}`` per cell
+    and ``summary["metric"]`` names the score (``deeplora.harness.fewshot_report.aggregate``);
+    cells with no mean are left out. ``labels`` names the methods in the legend.
     """
     _stem(stem)
     cells = summary.get("cells") if isinstance(summary, dict) else None
@@ -170,12 +170,14 @@ def plot_fewshot(
         raise UserError(f"ns and ranks need at least one value each, got ns={list(ns)}, "
                          f"ranks={list(ranks)}")  # fmt: skip
     names = {**FEWSHOT_LABELS, **(labels or {})}
-    by = {(c["method"], c["n"], c["rank"]): c["accuracy"] for c in cells}
+    by = {(c["method"], c["n"], c["rank"]): c["score"] for c in cells}
+    metric = {"pearson": "Pearson r"}.get(summary.get("metric", ""), "accuracy")
+    split = summary.get("split", "test")
     methods = list(dict.fromkeys(c["method"] for c in cells))
     panels = (
         (list(ns), lambda x: (x, base_rank), "training examples n",
-         f"accuracy vs n (rank {base_rank})"),
-        (list(ranks), lambda x: (rank_n, x), "rank", f"accuracy vs rank (n = {rank_n})"),
+         f"{metric} vs n (rank {base_rank})"),
+        (list(ranks), lambda x: (rank_n, x), "rank", f"{metric} vs rank (n = {rank_n})"),
     )  # fmt: skip
     for xs, key, _, _ in panels:
         absent = [(m, *key(x)) for m in methods for x in xs if (m, *key(x)) not in by]
@@ -202,7 +204,7 @@ def plot_fewshot(
             axis.set_xticks(xs, [str(x) for x in xs])
             axis.minorticks_off()
             axis.set_xlabel(xlabel)
-            axis.set_ylabel("test accuracy (mean ± std over seeds)")
+            axis.set_ylabel(f"{split} {metric} (mean ± std over seeds)")
             axis.set_title(panel_title)
             axis.grid(alpha=0.3)
             if axis.get_legend_handles_labels()[0]:

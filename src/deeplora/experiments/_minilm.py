@@ -10,7 +10,9 @@ from typing import Any
 import pandas as pd
 
 from ..finetune import FinetuneConfig, load_reviews
-from ..harness.fewshot import LABEL, TEXT, stratified
+from ..harness.fewshot_tasks import TASKS, stratified
+
+TEXT, LABEL = TASKS["reviews"].text, TASKS["reviews"].label
 
 PREFIXES = ("base_model.model.", "backbone.")  # PEFT's wrapper, the task model's backbone
 # Deep LoRA in both: the paper's init scale (docs/METHOD.md 4), not the library's default, at a rate

@@ -14,7 +14,7 @@ the training reviews (the bench's protocol, :mod:`deeplora.harness.fewshot`). Re
 test accuracy and macro-F1, mean ± std over seeds, the spread of the mean accuracy across
 ranks (max - min) and the bench's two targets.
 
-Sizes: ``smoke`` (n 8, rank 8, one seed, 3 steps, 32 test reviews, in-process: 3 runs),
+Sizes: ``smoke`` (n 8, rank 8, one seed, 3 steps, 32 test reviews, in-process: 4 runs),
 ``default`` (n 16 and 64, ranks 8 / 16 / 64 at n = 16 (three of the paper's four), 2 seeds,
 the bench's 3-value lr grid with 1 selection seed, 100 steps, 500 test reviews, 2
 single-threaded workers: 22 runs, 18 minutes measured on 2 cores) and ``full`` (the bench's
@@ -40,19 +40,18 @@ from ..harness.fewshot import (
     FULL as BENCH_FULL,
 )
 from ..harness.fewshot import (
-    LABEL,
     LABELS,
     SPREAD_TARGET,
-    Job,
-    RunLog,
     Settings,
-    load_tables,
+    job_of,
     run_benchmark,
 )
+from ..harness.fewshot_log import RunLog
 from ..harness.fewshot_report import aggregate, render
+from ..harness.fewshot_tasks import load_tables
 from . import Context
 
-SMOKE = Settings(ns=(8,), ranks=(8,), base_rank=8, rank_n=8, seeds=1, lora_lrs=(5e-4,),
+SMOKE = Settings(ns=(8,), ranks=(8,), base_rank=8, rank_n=8, seeds=1, lrs={"lora": (5e-4, 2e-3)},
                  selection_seeds=1, steps=3, max_length=32, val_size=16, test_size=32,
                  workers=1)  # fmt: skip
 DEFAULT = Settings(ns=(16, 64), ranks=(8, 16, 64), seeds=2, selection_seeds=1,
@@ -107,8 +106,8 @@ def _summary(summary: dict[str, Any], settings: Settings, smoke: bool) -> list[s
     for n in settings.ns:
         d, lo = by[("deep-lora", n, settings.base_rank)], by[("lora", n, settings.base_rank)]
         lr = "" if lo["lr"] is None else f" (lr {lo['lr']:g})"
-        line = (f"n={n} rank {settings.base_rank}: Deep LoRA {_ms(d['accuracy'])} vs PEFT LoRA "
-                f"{_ms(lo['accuracy'])}{lr}")  # fmt: skip
+        line = (f"n={n} rank {settings.base_rank}: Deep LoRA {_ms(d['score'])} vs PEFT LoRA "
+                f"{_ms(lo['score'])}{lr}")  # fmt: skip
         if n in PAPER_BY_N:
             p = PAPER_BY_N[n]
             line += (f"; paper n={n}: {p['deep-lora'][0]:.3f} ± {p['deep-lora'][1]:.3f} vs "
@@ -116,7 +115,7 @@ def _summary(summary: dict[str, Any], settings: Settings, smoke: bool) -> list[s
         lines.append(line)
     spread = summary["spread"]
     for method in ("deep-lora", "lora"):
-        means = "/".join("-" if m is None else f"{m:.3f}" for m in spread[method]["mean_accuracy"])
+        means = "/".join("-" if m is None else f"{m:.3f}" for m in spread[method]["mean_score"])
         width = spread[method]["max_minus_min"]
         paper = "/".join(f"{PAPER_BY_RANK[r][method]:.3f}" for r in PAPER_BY_RANK)
         lines.append(f"{LABELS[method]} at ranks {'/'.join(map(str, settings.ranks))} "
@@ -124,7 +123,7 @@ def _summary(summary: dict[str, Any], settings: Settings, smoke: bool) -> list[s
                      f"{'-' if width is None else f'{width:.3f}'}; paper ranks "
                      f"{'/'.join(map(str, PAPER_BY_RANK))} (n={PAPER_RANK_N}): {paper}, spread "
                      f"{_paper()['rank_spread'][method]:.3f}")  # fmt: skip
-    t = summary["targets"]
+    t = summary["targets"]["lora"]
     verdict = {True: "met", False: "missed", None: "undecided"}
     rs = t["rank_spread"]
     lines.append(f"targets: Deep LoRA mean >= LoRA's at every n: "
@@ -150,8 +149,9 @@ def run(ctx: Context) -> dict[str, Any]:
     except ValueError:  # a log of other settings (or not a run log): start it again
         log = RunLog(log_path, settings, resume=False, overwrite=True)
     reused = len(log.records)
-    tables = load_tables(settings)
-    majority = float(tables.test[LABEL].value_counts(normalize=True).max())
+    tables = load_tables(settings.fewshot_task, settings.val_size, settings.test_size,
+                         max(settings.ns))  # fmt: skip
+    majority = tables.baseline(settings.fewshot_task)
     start = time.perf_counter()
     count = 0
 
@@ -159,8 +159,7 @@ def run(ctx: Context) -> dict[str, Any]:
         nonlocal count
         count += 1
         if ctx.progress:
-            job = Job(**{k: record[k] for k in ("split", "method", "n", "rank", "seed", "lr")})
-            print(f"   [{count}] {job.describe()}: accuracy {record['accuracy']:.3f} "
+            print(f"   [{count}] {job_of(record).describe()}: accuracy {record['score']:.3f} "
                   f"({record['seconds']:.0f} s; {time.perf_counter() - start:.0f} s elapsed)",
                   flush=True)  # fmt: skip
 

