@@ -16,6 +16,7 @@ from .._io import write_json
 from ..errors import UserError
 from ..finetune.config import DEFAULT_HEAD_LR, RECIPES
 from ..harness.fewshot import (
+    DEEP,
     FORMAT_VERSION,
     FULL,
     FULL_SEEDS,
@@ -191,14 +192,19 @@ def run(args: argparse.Namespace) -> int:
           + (f" (a fixed stratified subsample of {tables.test_total})"
              if len(tables.test) < tables.test_total else "")
           + ("" if baseline is None else f"; test majority class {baseline:.3f}"))
-    grids = "; ".join(f"{LABELS[m]} lr {'/'.join(f'{v:g}' for v in settings.grid(m))}"
-                      for m in settings.methods)  # fmt: skip
-    deep = finetune_config(settings, Job(settings.eval_split, "deep-lora", 16, 8, 0, 1e-3))
     print(f"recipe {settings.recipe}: {settings.run_steps} steps of batch {settings.batch_size} "
-          f"(all n if n < {settings.batch_size}), {settings.max_length} tokens, adapted "
-          f"{deep.target_modules}; Deep LoRA eps {deep.factor_scale:g}, depth {deep.depth}; "
-          f"PEFT LoRA alpha = {settings.alpha_per_rank:g} x rank; {grids}; head lr "
+          f"(all n if n < {settings.batch_size}), {settings.max_length} tokens; head lr "
           f"{DEFAULT_HEAD_LR:g}")  # fmt: skip
+    for method in settings.methods:
+        config = finetune_config(settings, Job(settings.eval_split, method, 16,
+                                               settings.base_rank, 0, 1.0))  # fmt: skip
+        alpha = "rank" if method == "vanilla-lora" else f"{settings.alpha_per_rank:g} x rank"
+        what = (f"eps {config.factor_scale:g}, depth {config.depth}"
+                + (f", gamma {config.gamma:g}" if method == "compressed" else "")
+                if method in DEEP else f"lora_alpha {alpha}, init {config.lora_init}")
+        grid = "/".join(f"{v:g}" for v in settings.grid(method))
+        print(f"  {LABELS[method]}: {config.target_modules}, {what}; lr {grid}"
+              + (" (chosen per n on validation)" if method in settings.selected() else ""))
     remaining = pending(settings, log)
     estimate = remaining * estimate_seconds(settings) / settings.workers
     print(f"runs: {total_runs} ({len(first)} first: lr selection on validation and the runs "
