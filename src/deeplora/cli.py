@@ -94,8 +94,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "paper's vanilla LoRA: A ~ N(0, 1), B = 0, scaling 1)")
     g.add_argument("--recipe", choices=RECIPES,
                    help="library (default: the measured defaults) or paper (the paper's "
-                        "few-shot recipe: every dense layer, eps 1e-3, lr 1e-4 (compressed: 1e-2, "
-                        "gamma 1e-2), 1000 steps of batch 16); options given go on top")
+                        "few-shot recipe: attention and MLP layers, eps 1e-3, lr 1e-4 "
+                        "(compressed: 1e-2, gamma 1e-2), 1000 steps of batch 16); options given "
+                        "go on top")
     g = p.add_argument_group("training")
     lrs = ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items())
     g.add_argument("--lr", type=float, help=f"learning rate (default: {lrs}; compressed 1e-2)")

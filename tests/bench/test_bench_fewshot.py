@@ -174,7 +174,7 @@ def test_each_method_runs_through_finetune_with_its_recipe() -> None:
     assert (deep.seed, deep.init_seed, deep.target_modules) == (3, 200_003, "query-value")
     compressed = config(paper, "compressed", 1e-2)
     assert (compressed.init, compressed.factor_scale, compressed.gamma, compressed.steps,
-            compressed.target_modules) == ("compressed", 1e-3, 1e-2, 1000, "all-dense")
+            compressed.target_modules) == ("compressed", 1e-3, 1e-2, 1000, "attention-mlp")
     vanilla = config(paper, "vanilla-lora")
     assert (vanilla.method, vanilla.lora_init, vanilla.lora_scaling_alpha) == ("lora", "paper", 8)
     lora = config(library, "lora")

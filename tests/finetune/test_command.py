@@ -48,6 +48,25 @@ def test_classification_run(models: dict[str, Path], files: dict[str, Path], tmp
     assert not (out / "peft").exists()
 
 
+def test_the_papers_recipe_under_explicit_options(models: dict[str, Path],
+                                                  files: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    base = ["finetune", str(files["train"]), "--eval", str(files["eval"]), "--model",
+            str(models["bert"]), "--recipe", "paper", *FAST]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "deep")]) == 0
+    deep = json.loads((tmp_path / "deep" / "config.json").read_text())
+    assert (deep["config"]["target_modules"], deep["init_scale"], deep["lr"]) == (
+        "attention-mlp", 1e-3, 1e-4)
+    assert deep["config"]["steps"] == 4  # --steps on top of the recipe's 1000
+    assert main([*base, "--method", "lora", "--lora-init", "paper", "--init-seed", "3",
+                 "--out", str(tmp_path / "lora")]) == 0  # fmt: skip
+    lora = json.loads((tmp_path / "lora" / "config.json").read_text())["config"]
+    assert (lora["lora_init"], lora["init_seed"], lora["lr"], lora["init_scale"]) == (
+        "paper", 3, 1e-4, None)
+    adapter = json.loads((tmp_path / "lora" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["lora_alpha"] == adapter["r"] == 8  # scaling 1
+
+
 @pytest.mark.parametrize("mine", [["notes.txt"], ["config.json", "predictions.csv"]])
 def test_a_folder_of_the_users_files_is_not_overwritten(
         models: dict[str, Path], files: dict[str, Path], tmp_path: Path,

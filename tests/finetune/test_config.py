@@ -37,7 +37,7 @@ def test_the_papers_recipe_sets_every_method_apart_from_the_library_defaults() -
     assert recipe_settings("library", "lora") == {}
     lora = FinetuneConfig(method="lora", **recipe_settings("paper", "lora"))
     assert (lora.target_modules, lora.learning_rate, lora.steps, lora.batch_size) == (
-        "all-dense", 1e-4, 1000, 16)
+        "attention-mlp", 1e-4, 1000, 16)
     deep = FinetuneConfig(**recipe_settings("paper"))
     assert (deep.factor_scale, deep.learning_rate, deep.steps) == (1e-3, 1e-4, 1000)
     compressed = FinetuneConfig(init="compressed", **recipe_settings("paper", init="compressed"))

@@ -22,6 +22,7 @@ from ..harness.fewshot import (
     FULL_SEEDS,
     LABELS,
     METHODS,
+    PAPER,
     QUICK,
     Job,
     Settings,
@@ -61,8 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
                    help=f"from {', '.join(METHODS)} (default {' '.join(d.methods)})")
     p.add_argument("--recipe", choices=RECIPES, help="library (default: the library's "
-                   "defaults, 100 steps) or paper (every dense layer, eps 1e-3, 1000 steps, lr "
-                   "chosen around 1e-4)")
+                   "defaults, 100 steps) or paper (attention and MLP layers, eps 1e-3, 1000 "
+                   "steps, lr chosen around 1e-4; by default all four methods, ranks 8-64, 3 "
+                   "seeds)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run (n 16, 64; ranks 4, 8; 2 seeds; 15 steps; 128 test examples):"
                    " a smoke test in a few minutes")  # fmt: skip
@@ -131,7 +133,7 @@ def _lr_grids(values: list[str]) -> dict[str, tuple[float, ...]]:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.quick and args.full:
         raise UserError("--quick and --full contradict each other: choose one")
-    base = QUICK if args.quick else Settings()
+    base = QUICK if args.quick else PAPER if args.recipe == "paper" else Settings()
     if args.full:
         base = replace(base, **FULL)  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
@@ -159,7 +161,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def estimate_seconds(settings: Settings) -> float:
     """An estimate of one run's seconds on one core: 0.8 s per step of batch 16 x 64 tokens for
     MiniLM on the query and value projections (the default run's 74-90 s per 100 steps), in
-    proportion to the tokens, 1.3 times that with every dense layer adapted (an estimate)."""
+    proportion to the tokens, 1.3 times that with every dense layer adapted. Inputs shorter
+    than ``max_length`` (batches are padded to their longest) take less."""
     per_step = 0.8 * settings.batch_size / 16 * settings.max_length / 64
     if settings.recipe == "paper":
         per_step *= 1.3
@@ -210,9 +213,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"runs: {total_runs} ({len(first)} first: lr selection on validation and the runs "
           f"at one lr; then the rest at the chosen lr); {settings.seeds} seeds per cell"
           + (f"; {len(log.records)} already in {runs_path}" if log.records else ""))
-    print(f"estimated time: about {estimate / 60:.0f} min for {remaining} runs of "
+    print(f"estimated time: at most about {estimate / 60:.0f} min for {remaining} runs of "
           f"~{estimate_seconds(settings):.0f} s on {settings.workers} worker(s) (an estimate, "
-          "from 0.8 s per step of 16 x 64 tokens on one core)")  # fmt: skip
+          f"from 0.8 s per step of 16 x 64 tokens on one core; less when inputs are shorter "
+          f"than {settings.max_length} tokens)")  # fmt: skip
     if runs_path is not None:
         print(f"run log: {runs_path} (continue a killed benchmark with --resume)")
     if args.quick:

@@ -13,7 +13,7 @@ methods
 recipes
     ``library``: the library's defaults (query and value projections, 100 steps; Deep LoRA at
     eps 3e-2 and its default lr, not tuned here; PEFT LoRA's lr chosen from 1e-4 / 5e-4 / 2e-3;
-    vanilla LoRA's from 3e-5 / 1e-4 / 3e-4). ``paper``: the paper's (every dense layer, eps
+    vanilla LoRA's from 3e-5 / 1e-4 / 3e-4). ``paper``: the paper's (attention and MLP layers, eps
     1e-3, 1000 steps; every method's lr chosen from 3e-5 / 1e-4 / 3e-4 around the paper's 1e-4,
     compressed Deep LoRA's inner lr from 3e-3 / 1e-2 / 3e-2 with gamma 1e-2). ``--lrs`` sets a
     method's grid, ``--eps`` Deep LoRA's init scale.
@@ -215,6 +215,9 @@ def _values(name: str, values: Sequence[Any]) -> None:
 
 QUICK = Settings(ns=(16, 64), ranks=(4, 8), seeds=2, lrs={"lora": (5e-4, 2e-3)}, steps=15,
                  max_length=32, val_size=64, test_size=128)  # fmt: skip
+# --recipe paper: the four methods, the paper's ranks 8-64, 3 seeds (sized for 2 cores with
+# --resume: hours, not days)
+PAPER = Settings(recipe="paper", methods=METHODS, ranks=(8, 16, 32, 64), seeds=3)
 FULL_SEEDS = 10
 # --full: more seeds, longer inputs, every test example and two selection seeds per lr
 FULL = dict(seeds=FULL_SEEDS, max_length=128, test_size=None, selection_seeds=2)
