@@ -49,6 +49,7 @@ from .model import (
     unmerge,
     wrap,
 )
+from .pretrained import DeepLoraModel
 from .rank import LayerTruncation, effective_ranks, singular_values, truncate
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "DeepLoraBranch",
     "DeepLoraConfig",
     "DeepLoraLayer",
+    "DeepLoraModel",
     "LayerTruncation",
     "ParameterCount",
     "TrainedModule",

@@ -65,9 +65,20 @@ def _adapter_config(model: nn.Module, adapter_name: str) -> Any:
 
 def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default") -> Path:
     """Write adapter ``adapter_name`` of ``model`` to ``directory``; returns the folder."""
+    directory = Path(directory)
+    meta, tensors = adapter_state(model, adapter_name)
+    _io.write_tensors(directory / WEIGHTS_NAME, tensors)
+    _io.write_json(directory / META_NAME, meta)
+    return directory
+
+
+def adapter_state(model: nn.Module, adapter_name: str = "default"
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:  # fmt: skip
+    """What :func:`save_adapter` writes: the description (kind, version, config, each layer's
+    factor shapes, each trained module's keys) and the tensors (``layers.<path>.<i>``,
+    ``trained.<path>.<key>``)."""
     from .. import __version__
 
-    directory = Path(directory)
     config = _adapter_config(model, adapter_name)
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
@@ -94,13 +105,11 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "d
         "layers": layers,
         "modules_to_train": trained,
     }
-    _io.write_tensors(directory / WEIGHTS_NAME, tensors)
-    _io.write_json(directory / META_NAME, meta)
-    return directory
+    return meta, tensors
 
 
-def _corrupt(what: str, detail: str) -> ValueError:
-    return ValueError(f"{what}: {detail}; the file is incomplete or corrupt, save it again")
+def _corrupt(what: str, detail: str) -> UserError:
+    return UserError(f"{what}: {detail}; the file is incomplete or corrupt, save it again")
 
 
 def load_adapter(
@@ -127,13 +136,34 @@ def load_adapter(
     what = f"Deep LoRA adapter {str(directory)!r}"
     meta = _io.read_json(directory / META_NAME, what)
     _io.check_version(meta, what, KIND)
+    tensors = _io.read_tensors(directory / WEIGHTS_NAME, what)
+    return attach_state(model, meta, tensors, adapter_name, trainable=trainable, what=what)
+
+
+def attach_state(
+    model: nn.Module,
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    adapter_name: str,
+    *,
+    trainable: bool,
+    what: str,
+) -> nn.Module:
+    """Add the adapter that :func:`adapter_state` described to ``model`` under
+    ``adapter_name``, checking every layer and trained module first (``what`` names the source
+    in errors), and make it the active one; frozen unless ``trainable``."""
+    _check_adapter_name(adapter_name)
+    if adapter_name in adapter_configs(model):
+        raise UserError(
+            f"the model already has an adapter named {adapter_name!r}; load under another "
+            "adapter_name or delete_adapter() it first"
+        )
     try:
         config = DeepLoraConfig.from_dict(dict(meta["config"]))
         layers_meta = dict(meta["layers"])
         trained_meta = dict(meta.get("modules_to_train", {}))
     except (KeyError, TypeError) as e:
         raise _corrupt(what, f"{META_NAME} lacks or garbles {e}") from e
-    tensors = _io.read_tensors(directory / WEIGHTS_NAME, what)
 
     branches: dict[str, DeepLoraBranch] = {}
     for path, info in layers_meta.items():
