@@ -21,7 +21,7 @@ def wrapped(arch: Arch, seed: int = 0, **config: object) -> DeepLoraModel:
     settings = {"rank": 4, "target_modules": "all-linear", "modules_to_train": arch.head,
                 **config}  # fmt: skip
     model = DeepLoraModel(build(arch), DeepLoraConfig(**settings))  # type: ignore[arg-type]
-    perturb(model.base_model, seed=seed)
+    perturb(model.wrapped, seed=seed)
     return model
 
 
@@ -40,14 +40,14 @@ def test_save_pretrained_round_trip_with_peft_habits(arch: Arch, tmp_path: Path,
     loaded = DeepLoraModel.from_pretrained(build(arch), tmp_path / "out")
     with torch.no_grad():
         torch.testing.assert_close(arch.logits(loaded), expected)
-    assert type(loaded).__name__ == f"DeepLora{type(loaded.base_model).__name__}"
+    assert type(loaded).__name__ == f"DeepLora{type(loaded.wrapped).__name__}"
     assert not any(p.requires_grad for p in loaded.parameters())  # frozen unless is_trainable
     trainable, total = model.get_nb_trainable_parameters()
     model.print_trainable_parameters()
     assert capsys.readouterr().out == (f"trainable params: {trainable:,} || all params: "
                                        f"{total:,} || trainable%: "
                                        f"{100 * trainable / total:.4f}\n")  # fmt: skip
-    assert model.config is model.base_model.config  # the base model's attributes
+    assert model.config is model.wrapped.config  # the base model's attributes
 
 
 def test_adapters_switch_merge_and_unload() -> None:
@@ -81,7 +81,7 @@ def test_state_dict_holds_the_adapters_only_and_loads_back() -> None:
     state = model.state_dict()
     base_keys = set(build(arch).state_dict())
     assert "deeplora_adapters" in state
-    assert not any(k.removeprefix("base_model.") in base_keys for k in state)
+    assert not any(k.removeprefix("wrapped.") in base_keys for k in state)
     fresh = wrapped(arch, seed=2)  # same layout, other values
     result = fresh.load_state_dict(state, strict=False)
     assert result.missing_keys == [] and result.unexpected_keys == []
@@ -155,3 +155,45 @@ def test_trainer_checkpoints_hold_the_adapter_and_resume_exactly(tmp_path: Path)
     resumed.eval()  # Trainer leaves it training (dropout)
     with torch.no_grad():
         torch.testing.assert_close(arch.logits(loaded), arch.logits(resumed))
+
+
+def test_trl_sft_trainer_trains_a_deep_lora_model(tmp_path: Path) -> None:
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "[EOS]", *(f"w{i}" for i in range(40))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    config = transformers.GPT2Config(vocab_size=len(words), n_embd=32, n_layer=2, n_head=2,
+                                     n_positions=32, bos_token_id=2, eos_token_id=2,
+                                     pad_token_id=0)  # fmt: skip
+
+    def base() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return transformers.GPT2LMHeadModel(config).eval()
+
+    model = DeepLoraModel(base(), DeepLoraConfig(rank=4, target_modules="all-linear"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = datasets.Dataset.from_list([
+        {"prompt": f"w{i % 10} w{(i + 1) % 10}", "completion": f" w{(i + 2) % 10}"}
+        for i in range(32)])  # fmt: skip
+    args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=3,
+                         per_device_train_batch_size=8, learning_rate=1e-2, report_to=[],
+                         use_cpu=True, save_steps=3, logging_steps=1)  # fmt: skip
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data,
+                             processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    after = model.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.endswith("factors.0"))
+    saved = load_file(tmp_path / "sft" / "checkpoint-3" / "model.safetensors")
+    assert "deeplora_adapters" in saved and not any("wte" in k or "wpe" in k for k in saved)
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = DeepLoraModel.from_pretrained(base(), tmp_path / "final")
+    model.eval()
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():  # model.forward is still the trainer's (bf16 autocast): the base's
+        torch.testing.assert_close(loaded(ids).logits, model.get_base_model()(ids).logits)

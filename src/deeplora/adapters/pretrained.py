@@ -4,8 +4,9 @@
 what PEFT's ``PeftModel`` users reach for: ``save_pretrained`` / ``from_pretrained`` (the
 adapters and trained modules only, in our format), ``print_trainable_parameters``,
 ``add_adapter`` / ``set_adapter`` / ``delete_adapter`` / ``disable_adapter``,
-``merge_and_unload`` and the base model's ``generate``; any other attribute is the base
-model's.
+``merge_and_unload``, ``get_base_model()`` and the base model's ``generate``; any other
+attribute is the base model's (``model.config``, ``model.base_model``: Hugging Face's backbone,
+as TRL expects). The base model itself is ``model.wrapped``.
 
 Hugging Face ``Trainer`` (and TRL's ``SFTTrainer``) save a model that is not a
 ``PreTrainedModel`` through its ``state_dict()``, and resume with ``load_state_dict(...,
@@ -65,7 +66,7 @@ class DeepLoraModel(nn.Module):
     is None: add one with :meth:`add_adapter` or :meth:`load_adapter`). The model is changed
     in place; :meth:`unload` gives it back. ``loss_fn`` feeds ``init="compressed"``."""
 
-    base_model: nn.Module
+    wrapped: nn.Module  # not ``base_model``: Hugging Face models name their backbone so
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DeepLoraModel:
         model = args[0] if args else kwargs.get("model")
@@ -85,7 +86,8 @@ class DeepLoraModel(nn.Module):
             raise UserError(f"DeepLoraModel wraps a torch nn.Module that is not one already, "
                             f"got {type(model).__name__}")  # fmt: skip
         super().__init__()
-        self.base_model = model
+        self.wrapped = model
+        self.train(model.training)
         if config is not None:
             wrap(model, config, adapter_name=adapter_name, loss_fn=loss_fn)
         self.register_state_dict_post_hook(_keep_adapter_state)
@@ -94,13 +96,13 @@ class DeepLoraModel(nn.Module):
 
     # ------------------------------------------------------------------ the base model
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+        return self.wrapped(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The base model's ``generate`` with the active adapters."""
-        generate = getattr(self.base_model, "generate", None)
+        generate = getattr(self.wrapped, "generate", None)
         if generate is None:
-            raise UserError(f"{type(self.base_model).__name__} has no generate(): it is not a "
+            raise UserError(f"{type(self.wrapped).__name__} has no generate(): it is not a "
                             "generative Hugging Face model")  # fmt: skip
         return generate(*args, **kwargs)
 
@@ -108,22 +110,22 @@ class DeepLoraModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_model":
+            if name == "wrapped":
                 raise
-            return getattr(self.base_model, name)
+            return getattr(self.wrapped, name)
 
     def get_base_model(self) -> nn.Module:
-        return self.base_model
+        return self.wrapped
 
     # ------------------------------------------------------------------ adapters
     @property
     def peft_config(self) -> dict[str, DeepLoraConfig]:
         """Adapter name -> config (PEFT's name for it)."""
-        return dict(adapter_configs(self.base_model))
+        return dict(adapter_configs(self.wrapped))
 
     @property
     def active_adapters(self) -> list[str]:
-        return list(active_adapters(self.base_model))
+        return list(active_adapters(self.wrapped))
 
     @property
     def active_adapter(self) -> str:
@@ -135,43 +137,43 @@ class DeepLoraModel(nn.Module):
     def add_adapter(self, adapter_name: str, config: DeepLoraConfig, *,
                     loss_fn: LossFn | None = None) -> None:  # fmt: skip
         """Add a new adapter and make it the active, trainable one."""
-        wrap(self.base_model, config, adapter_name=adapter_name, loss_fn=loss_fn)
+        wrap(self.wrapped, config, adapter_name=adapter_name, loss_fn=loss_fn)
 
     def load_adapter(self, directory: str | Path, adapter_name: str = "default", *,
                      is_trainable: bool = False) -> None:  # fmt: skip
         """Add the adapter saved in ``directory`` (our format) as ``adapter_name``; active,
         frozen unless ``is_trainable``."""
-        load_adapter(self.base_model, directory, adapter_name, trainable=is_trainable)
+        load_adapter(self.wrapped, directory, adapter_name, trainable=is_trainable)
 
     def set_adapter(self, names: str | Sequence[str]) -> None:
-        set_adapter(self.base_model, names)
+        set_adapter(self.wrapped, names)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        delete_adapter(self.base_model, adapter_name)
+        delete_adapter(self.wrapped, adapter_name)
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Run the base model inside the ``with`` block."""
-        with adapters_disabled(self.base_model):
+        with adapters_disabled(self.wrapped):
             yield
 
     def merge_adapter(self, adapter_names: Sequence[str] | None = None) -> None:
-        merge(self.base_model, adapter_names)
+        merge(self.wrapped, adapter_names)
 
     def unmerge_adapter(self, adapter_names: Sequence[str] | None = None) -> None:
-        unmerge(self.base_model, adapter_names)
+        unmerge(self.wrapped, adapter_names)
 
     def merge_and_unload(self) -> nn.Module:
         """The base model with the active adapters merged into its weights."""
-        return merge_and_unload(self.base_model)
+        return merge_and_unload(self.wrapped)
 
     def unload(self) -> nn.Module:
         """The base model without any adapter."""
-        return unload(self.base_model)
+        return unload(self.wrapped)
 
     # ------------------------------------------------------------------ parameters
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        count = count_parameters(self.base_model)
+        count = count_parameters(self.wrapped)
         return count.trainable, count.total
 
     def print_trainable_parameters(self) -> None:
@@ -190,7 +192,7 @@ class DeepLoraModel(nn.Module):
             raise UserError("the model has no adapter to save")
         directory = Path(directory)
         for name in names:
-            save_adapter(self.base_model, directory if name == "default" else directory / name,
+            save_adapter(self.wrapped, directory if name == "default" else directory / name,
                          name)  # fmt: skip
 
     @classmethod
@@ -216,7 +218,7 @@ class DeepLoraModel(nn.Module):
         state = _io.read_tensors(directory / TRAINER_WEIGHTS, what)
         metas = _descriptions(state, what)
         for name, meta in metas.items():
-            attach_state(model, meta, _renamed(state, "base_model.", meta, name), name,
+            attach_state(model, meta, _renamed(state, "wrapped.", meta, name), name,
                          trainable=is_trainable, what=what)  # fmt: skip
         if adapter_name not in metas:
             raise UserError(f"{what} has no adapter {adapter_name!r}; it has {sorted(metas)}")
@@ -245,7 +247,7 @@ def _keep_adapter_state(module: nn.Module, state: dict[str, Any], prefix: str,
     keep = _adapter_keys(module, prefix)
     for key in [k for k in state if k.startswith(prefix) and k not in keep]:
         del state[key]
-    metas = {name: adapter_state(module.base_model, name)[0] for name in module.peft_config}
+    metas = {name: adapter_state(module.wrapped, name)[0] for name in module.peft_config}
     state[prefix + STATE_KEY] = _encode(metas)
 
 
@@ -327,7 +329,7 @@ def _subclass_for(base: type) -> type[DeepLoraModel]:
     forward: Callable[..., Any] = getattr(base, "forward")  # noqa: B009  # a subclass's
 
     def relay(self: DeepLoraModel, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+        return self.wrapped(*args, **kwargs)
 
     with suppress(TypeError, ValueError):
         relay.__signature__ = inspect.signature(forward)  # type: ignore[attr-defined]
