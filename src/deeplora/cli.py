@@ -34,10 +34,9 @@ FINETUNE_DEMO_OUT = Path("runs/finetune-demo")
 _FINETUNE_FIELDS = ("task", "text_column", "pair_column", "label_column", "prompt_column",
                     "completion_column", "n", "eval_fraction", "max_length", "model", "method",
                     "rank", "depth", "init", "init_scale", "gamma", "lora_alpha", "lora_init",
-                    "lr",
-                    "head_lr", "steps", "batch_size", "eval_batch_size", "eval_every",
-                    "checkpoint_every", "generations", "max_new_tokens", "seed", "init_seed",
-                    "threads")
+                    "lr", "head_lr", "steps", "batch_size", "eval_batch_size", "eval_every",
+                    "checkpoint_every", "generations", "chat_template", "max_new_tokens", "seed",
+                    "init_seed", "threads")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +107,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-every", type=int, metavar="K",
                    help="also evaluate every K steps (default: at the end only)")
     g.add_argument("--checkpoint-every", type=int, metavar="K", help="default 25")
-    g.add_argument("--generations", type=int, help="causal-lm: prompts to complete (3)")
+    g.add_argument("--generations", type=int,
+                   help="causal-lm: evaluation prompts to complete greedily and score by exact "
+                        "match and token F1 (default all; 0 for none)")
+    g.add_argument("--chat-template", action="store_true", default=None,
+                   help="causal-lm: wrap each prompt in the tokenizer's chat template")
     g.add_argument("--max-new-tokens", type=int, help="causal-lm: generation length (32)")
     g.add_argument("--seed", type=int, help="default 0")
     g.add_argument("--init-seed", type=int,
@@ -202,9 +205,11 @@ def _finetune(args: argparse.Namespace, *, main: bool) -> int:
     print(f"zero-training baseline ({m['baseline']['kind']}): {_metric_line(m['baseline'])}")
     generations = result.predictions.get("generation")
     if generations is not None:
-        for prompt, text in zip(result.predictions["prompt"], generations, strict=True):
-            if isinstance(text, str):
-                print(f"  {prompt!r} -> {text!r}")
+        shown = [(p, c, t) for p, c, t in zip(result.predictions["prompt"],
+                                              result.predictions["completion"], generations,
+                                              strict=True) if isinstance(t, str)][:3]  # fmt: skip
+        for prompt, completion, text in shown:
+            print(f"  {prompt!r} -> {text!r} (reference {completion!r})")
     print(f"adapter, metrics, predictions and settings written to {out}/")
     return 0
 
@@ -212,7 +217,8 @@ def _finetune(args: argparse.Namespace, *, main: bool) -> int:
 def _metric_line(metrics: dict[str, Any]) -> str:
     names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC",
              "pearson": "Pearson", "spearman": "Spearman", "rmse": "RMSE",
-             "loss": "loss", "perplexity": "perplexity"}
+             "loss": "loss", "perplexity": "perplexity", "exact_match": "exact match",
+             "token_f1": "token F1"}
     shown = [f"{label} {'-' if metrics[key] is None else format(metrics[key], '.4g')}"
              for key, label in names.items() if key in metrics]
     return ", ".join(shown)

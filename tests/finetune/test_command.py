@@ -154,6 +154,12 @@ BAD_FINETUNE = [
     (["{train}", "--out", "{train}"], "is a file, not a folder; choose another --out"),
     (["{train}", "--text-column", "label"], "text_column and label_column are both 'label'"),
     (["{train}", "--generations", "5"], "generations=5 has no effect with task='classification'"),
+    (["{train}", "--chat-template"], "chat_template=True has no effect with task='classification'"),
+    (["{lm}", "--task", "causal-lm", "--chat-template", "--model", "{llama}"],
+     "tokenizer has no chat template"),
+    (["{train}", "--method", "lora", "--lora-init", "paper", "--lora-alpha", "16"],
+     "lora_alpha=16.0 has no effect with method='lora', lora_init='paper'"),
+    (["{train}", "--recipe", "paper", "--method", "full"], "the paper's recipe is for adapters"),
     (["{train}", "--eval", "{eval}", "--eval-fraction", "0.5"],
      "--eval-fraction holds out part of TRAIN when there is no --eval"),
     (["{train}", "--max-length", "100000"], "max_length=100000 is more than the"),
@@ -185,7 +191,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
              "not_model": tmp_path / "not_model", "broken": tmp_path / "broken",
              "missing": tmp_path / "missing.csv", "latin": tmp_path / "latin.csv",
              "folder": tmp_path / "not_model", "lm": files["lm"],
-             "broken_json": tmp_path / "broken.jsonl", "array_json": tmp_path / "array.jsonl"}
+             "broken_json": tmp_path / "broken.jsonl", "array_json": tmp_path / "array.jsonl",
+             "llama": models["llama"]}
     argv = [a.format(**names) for a in args]
     if "--model" not in argv:
         argv += ["--model", str(models["bert"])]

@@ -52,3 +52,15 @@ def test_regression_metrics() -> None:
     undefined = regression_metrics(y, np.full(4, 2.5))
     assert math.isnan(undefined["pearson"]) and math.isnan(undefined["spearman"])
     assert finite_or_none({"a": [math.nan, 1.0], "b": math.inf}) == {"a": [None, 1.0], "b": None}
+
+
+def test_generation_metrics_normalise_and_score_shared_words() -> None:
+    from deeplora.finetune.metrics import generation_metrics
+
+    refs = ["Paris", "the red fox", "yes", "a b"]
+    gens = ["  paris.", "red fox jumps", "", "c d"]
+    m = generation_metrics(refs, gens)
+    assert m["exact_match"] == 0.25  # case, spaces and punctuation do not count
+    # per example F1: 1; 2 shared of 3 / 3 words -> 2/3; one side empty -> 0; none shared -> 0
+    assert m["token_f1"] == pytest.approx((1 + 2 / 3 + 0 + 0) / 4)
+    assert generation_metrics([""], [""]) == {"exact_match": 1.0, "token_f1": 1.0}

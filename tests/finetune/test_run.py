@@ -88,10 +88,52 @@ def test_causal_lm_end_to_end(models: dict[str, Path], arch: str, tmp_path: Path
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     assert sum(r["generation"] is not None for r in rows) == 2
+    assert metrics["eval"]["generated"] == metrics["baseline"]["generated"] == 2
+    for scores in (metrics["eval"], metrics["baseline"]):  # the base model's, scored the same
+        assert 0 <= scores["exact_match"] <= scores["token_f1"] <= 1
     assert all(r["tokens"] == 2 for r in rows)  # the completion word and [EOS]
     # the per-example token losses average to the metric (equal token counts)
     assert np.mean([r["loss"] for r in rows]) == pytest.approx(metrics["eval"]["loss"])
     assert (out / "adapter" / "deeplora_adapter.json").is_file()
+
+
+def test_batched_left_padded_generation_is_one_prompt_at_a_time(
+    models: dict[str, Path]
+) -> None:
+    from deeplora.finetune import CausalLMTask, load_pretrained, resolve_model
+
+    model, tokenizer = load_pretrained(resolve_model(str(models["llama"]), "causal-lm"),
+                                       "causal-lm")  # fmt: skip
+    task = CausalLMTask(tokenizer.eos_token_id)
+    prompts = list(completions(6)["prompt"])
+    prompts[2] = "rate :"  # lengths differ within a batch
+    alone = task.generate(model, tokenizer, prompts, 5, max_length=16, batch_size=1)
+    batched = task.generate(model, tokenizer, prompts, 5, max_length=16, batch_size=4)
+    assert batched == alone and any(alone)
+
+
+def test_chat_template_wraps_every_prompt(models: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from deeplora.finetune import CausalLMTask
+
+    from .conftest import make_tokenizer
+
+    tokenizer = make_tokenizer(bert=False)
+    tokenizer.chat_template = ("{% for m in messages %}[CLS] {{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %} [SEP]{% endif %}")  # fmt: skip
+    task = CausalLMTask(tokenizer.eos_token_id, chat=True)
+    assert task.prompt_ids(tokenizer, ["rate : good"]) == [
+        tokenizer("[CLS] rate : good [SEP]", add_special_tokens=False)["input_ids"]]
+    plain = config(models["llama"], task="causal-lm", steps=1, generations=0)
+    with pytest.raises(ValueError, match="tokenizer has no chat template"):
+        finetune(completions(12), FinetuneConfig(**{**plain.to_dict(), "chat_template": True}))
+    folder = tmp_path / "chat"
+    shutil.copytree(models["llama"], folder)
+    tokenizer.save_pretrained(folder)
+    result = finetune(completions(12), FinetuneConfig(**{**plain.to_dict(), "model": str(folder),
+                                                         "chat_template": True}))
+    assert result.task.summary() == {"chat_template": True}
 
 
 def test_every_method_trains_only_its_parameters(models: dict[str, Path]) -> None:

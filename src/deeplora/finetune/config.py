@@ -91,7 +91,10 @@ class FinetuneConfig:
     eval_batch_size: int = 32
     eval_every: int = 0  # evaluate every this many steps as well as at the end (0: end only)
     checkpoint_every: int = 25  # write a checkpoint every this many steps (with an output)
-    generations: int = 3  # causal-lm: evaluation prompts to complete greedily
+    # causal-lm: evaluation prompts completed greedily and scored (None: all; 0: none), and
+    # whether prompts go through the tokenizer's chat template (as a user turn)
+    generations: int | None = None
+    chat_template: bool = False
     max_new_tokens: int = 32  # causal-lm: length of those completions
     seed: int = 0  # sampling, held-out split, head and adapter init, data order, dropout
     init_seed: int | None = None  # the adapter's init alone (None: seed)
@@ -128,11 +131,12 @@ class FinetuneConfig:
                             "try 0.2")
         for name, low in (("max_length", 2), ("rank", 1), ("depth", 2), ("steps", 0),
                           ("batch_size", 1), ("eval_batch_size", 1), ("eval_every", 0),
-                          ("checkpoint_every", 1), ("generations", 0), ("max_new_tokens", 1),
+                          ("checkpoint_every", 1), ("max_new_tokens", 1),
                           ("seed", 0)):  # fmt: skip
             _integer(name, getattr(self, name), low=low)
         _integer("threads", self.threads, low=1, allow_none=True)
         _integer("init_seed", self.init_seed, low=0, allow_none=True)
+        _integer("generations", self.generations, low=0, allow_none=True)
         _number("init_scale", self.init_scale, low=0.0, open_low=True, allow_none=True)
         _number("gamma", self.gamma, low=0.0)
         _number("lora_alpha", self.lora_alpha, low=0.0, open_low=True)
@@ -170,7 +174,8 @@ class FinetuneConfig:
                      "gamma": deep and self.init == "compressed",
                      "lora_alpha": self.method == "lora" and self.lora_init == "peft",
                      "lora_init": self.method == "lora", "init_seed": self.method != "full"}
-        by_task = {"generations": lm, "max_new_tokens": lm, "head_lr": not lm,
+        by_task = {"generations": lm, "max_new_tokens": lm, "chat_template": lm,
+                   "head_lr": not lm,
                    "text_column": not lm, "label_column": not lm, "prompt_column": lm,
                    "completion_column": lm}
         defaults = {f.name: f.default for f in fields(self)}

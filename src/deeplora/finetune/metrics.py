@@ -1,10 +1,14 @@
 """Evaluation metrics: accuracy, macro-F1 and Matthews correlation for classes; Pearson and
-Spearman correlation (and RMSE) for scores. A value that is undefined (a correlation with a
-constant) is ``nan``; :func:`finite_or_none` turns it into ``None`` for JSON."""
+Spearman correlation (and RMSE) for scores; exact match and token-level F1 for generations. A
+value that is undefined (a correlation with a constant) is ``nan``; :func:`finite_or_none`
+turns it into ``None`` for JSON."""
 
 from __future__ import annotations
 
 import math
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,3 +74,30 @@ def finite_or_none(data: Any) -> Any:
     if isinstance(data, float) and not math.isfinite(data):
         return None
     return data
+
+
+def _words(text: str) -> list[str]:
+    """Lower case, punctuation dropped, split on white space (SQuAD's normalisation without
+    its English article rule)."""
+    kept = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text.lower())
+    return kept.split()
+
+
+def generation_metrics(references: Sequence[str], generations: Sequence[str]) -> dict[str, float]:
+    """Exact match (the normalised words equal) and token-level F1 (the harmonic mean of the
+    shared words' precision and recall, per example) of greedy generations against the
+    reference completions, averaged over examples."""
+    exact, f1 = [], []
+    for reference, generation in zip(references, generations, strict=True):
+        ref, gen = _words(reference), _words(generation)
+        exact.append(float(ref == gen))
+        common = sum((Counter(ref) & Counter(gen)).values())
+        if not ref or not gen:
+            f1.append(float(ref == gen))
+        elif common == 0:
+            f1.append(0.0)
+        else:
+            precision, recall = common / len(gen), common / len(ref)
+            f1.append(2 * precision * recall / (precision + recall))
+    return {"exact_match": float(np.mean(exact)) if exact else math.nan,
+            "token_f1": float(np.mean(f1)) if f1 else math.nan}  # fmt: skip

@@ -12,8 +12,8 @@ holds a complete run):
 ``metrics.json``
     evaluation metrics, the zero-training baseline, the loss history, counts and timing;
 ``predictions.csv`` / ``predictions.jsonl``
-    one row per evaluation example (causal-lm: JSON lines with per-example loss and the
-    greedy generations of a few sampled prompts);
+    one row per evaluation example (causal-lm: JSON lines with per-example loss and greedy
+    generation);
 ``config.json``
     the settings used, the resolved learning rates and model, the classes or score scaling,
     and which rows of the training table were trained on;
@@ -48,7 +48,12 @@ from ..errors import UserError
 from .config import FinetuneConfig
 from .data import Examples, TableSource, prepare_examples
 from .methods import Adapted, attach
-from .metrics import classification_metrics, finite_or_none, regression_metrics
+from .metrics import (
+    classification_metrics,
+    finite_or_none,
+    generation_metrics,
+    regression_metrics,
+)
 from .models import load_pretrained, pad_token_id, resolve_model
 from .tasks import CausalLMTask, Features, FinetuneTask, TextTask, collate, fingerprint, make_task
 from .trainer import History, StepHook, Trainer, batch_indices
@@ -90,8 +95,10 @@ def evaluate(
     generator: nn.Module | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics and per-example predictions of ``model`` on ``examples`` (batches sorted by
-    length, results in the examples' order). Causal-lm generates ``config.generations``
-    sampled prompts with ``generator`` (the model to call ``generate`` on) when given."""
+    length, results in the examples' order). Causal-lm, with ``generator`` (the model to call
+    ``generate`` on): greedy completions of every prompt (or of ``config.generations``
+    sampled ones) in left-padded batches, scored by exact match and token-level F1 against
+    the reference completions."""
     was_training = model.training
     model.eval()
     order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
@@ -115,14 +122,22 @@ def evaluate(
         table["prompt"], table["completion"] = examples.text, examples.completion
         table["loss"] = nll / np.maximum(tokens, 1)
         table["tokens"] = tokens.astype(np.int64)
-        if generator is not None and config.generations:
+        if generator is not None and config.generations != 0:
+            chosen = np.arange(len(examples))
+            if config.generations is not None and config.generations < len(examples):
+                rng = np.random.default_rng([config.seed, 3])
+                chosen = np.sort(rng.choice(len(examples), size=config.generations,
+                                            replace=False))  # fmt: skip
+            texts = task.generate(generator, tokenizer, [examples.text[i] for i in chosen],
+                                  config.max_new_tokens, max_length=config.max_length,
+                                  batch_size=config.eval_batch_size)  # fmt: skip
             table["generation"] = None
-            rng = np.random.default_rng([config.seed, 3])
-            count = min(config.generations, len(examples))
-            for i in np.sort(rng.choice(len(examples), size=count, replace=False)):
-                table.loc[i, "generation"] = task.generate(
-                    generator, tokenizer, examples.text[i], config.max_new_tokens
-                )
+            for i, text in zip(chosen, texts, strict=True):
+                table.loc[i, "generation"] = text
+            references = examples.completion
+            assert references is not None
+            metrics.update(generation_metrics([references[i] for i in chosen], texts))
+            metrics["generated"] = len(chosen)
     else:
         _text_columns(table, examples)
         assert examples.label is not None
@@ -252,7 +267,7 @@ def finetune(
     if isinstance(positions, int) and config.max_length > positions:
         raise UserError(f"max_length={config.max_length} is more than the {positions} positions "
                         f"of {source}; use --max-length {positions} or less")
-    task = make_task(train_ex, tokenizer)
+    task = make_task(train_ex, tokenizer, config.chat_template)
     pad_id = pad_token_id(tokenizer)
     train_features = task.encode(train_ex, tokenizer, config.max_length)
     eval_features = task.encode(eval_ex, tokenizer, config.max_length)
@@ -271,8 +286,8 @@ def finetune(
 
     if isinstance(task, TextTask):
         baseline = constant_baseline(task, train_ex, eval_ex)
-    else:  # the base model's loss, before any adapter exists
-        baseline = {"kind": "pretrained model, no training", **run_eval(model)[0]}
+    else:  # the base model's loss and greedy generations, before any adapter exists
+        baseline = {"kind": "pretrained model, no training", **run_eval(model, model)[0]}
     batch_size = min(config.batch_size, len(train_features))
 
     def first_batch_loss(m: nn.Module) -> torch.Tensor:

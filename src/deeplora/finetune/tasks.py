@@ -156,18 +156,28 @@ class TextTask:
 
 @dataclass
 class CausalLMTask:
-    """Causal language modelling of completions given prompts."""
+    """Causal language modelling of completions given prompts (``chat``: each prompt wrapped
+    in the tokenizer's chat template as a user turn, with the assistant's turn opened)."""
 
     eos_id: int | None = None
+    chat: bool = False
     kind: str = "causal-lm"
     head: str | None = None  # the model's own output layer, frozen
 
     def build(self, pretrained: nn.Module) -> nn.Module:
         return pretrained
 
+    def prompt_ids(self, tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+        """The token ids of each prompt, in the chat template when ``chat``."""
+        if not self.chat:
+            return [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def encode(self, examples: Examples, tokenizer: Any, max_length: int) -> list[Features]:
         assert examples.completion is not None
-        prompts = tokenizer(examples.text)["input_ids"]
+        prompts = self.prompt_ids(tokenizer, examples.text)
         completions = tokenizer(examples.completion, add_special_tokens=False)["input_ids"]
         eos = [] if self.eos_id is None else [self.eos_id]
         features = []
@@ -197,35 +207,52 @@ class CausalLMTask:
         return nll.sum(1), (labels != -100).sum(1)
 
     @torch.no_grad()
-    def generate(
-        self, model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int
-    ) -> str:
-        """The greedy completion of ``prompt`` (deterministic: no random state used)."""
-        ids = torch.tensor([tokenizer(prompt)["input_ids"]], dtype=torch.long)
+    def generate(self, model: nn.Module, tokenizer: Any, prompts: Sequence[str],
+                 max_new_tokens: int, *, max_length: int,
+                 batch_size: int) -> list[str]:  # fmt: skip
+        """Greedy completions of ``prompts`` (deterministic), in batches of prompts of similar
+        length padded on the left; each prompt keeps its last ``max_length`` tokens and no
+        completion runs past the model's last position."""
+        ids = [p[-max_length:] for p in self.prompt_ids(tokenizer, prompts)]
         limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if isinstance(limit, int):  # no position past the model's last one
-            max_new_tokens = min(max_new_tokens, limit - ids.shape[1])
-        if max_new_tokens < 1:
-            return ""
-        out = model.generate(  # type: ignore[operator]
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_token_id(tokenizer),
-        )
-        return str(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        pad = pad_token_id(tokenizer)
+        device = next(model.parameters()).device
+        out: list[str] = [""] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = max(len(ids[i]) for i in chunk)
+            new = max_new_tokens if not isinstance(limit, int) else min(max_new_tokens,
+                                                                          limit - width)
+            if new < 1:
+                continue
+            rows = [[pad] * (width - len(ids[i])) + ids[i] for i in chunk]
+            mask = [[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk]
+            result = model.generate(  # type: ignore[operator]
+                input_ids=torch.tensor(rows, device=device),
+                attention_mask=torch.tensor(mask, device=device),
+                max_new_tokens=new, do_sample=False, pad_token_id=pad,
+                eos_token_id=self.eos_id,
+            )  # fmt: skip
+            for row, i in zip(result[:, width:].tolist(), chunk, strict=True):
+                out[i] = str(tokenizer.decode(row, skip_special_tokens=True))
+        return out
 
     def summary(self) -> dict[str, Any]:
-        return {}
+        return {"chat_template": self.chat}
 
 
 FinetuneTask = TextTask | CausalLMTask
 
 
-def make_task(train: Examples, tokenizer: Any) -> FinetuneTask:
-    """The task object for the training examples."""
+def make_task(train: Examples, tokenizer: Any, chat: bool = False) -> FinetuneTask:
+    """The task object for the training examples (``chat``: causal-lm prompts in the
+    tokenizer's chat template, which must have one)."""
     if train.task == "causal-lm":
+        if chat and not getattr(tokenizer, "chat_template", None):
+            raise UserError("chat_template=True, but this model's tokenizer has no chat "
+                            "template; drop --chat-template or use an instruct model's "
+                            "tokenizer")  # fmt: skip
         eos = getattr(tokenizer, "eos_token_id", None)
-        return CausalLMTask(eos if isinstance(eos, int) else None)
+        return CausalLMTask(eos if isinstance(eos, int) else None, chat)
     return TextTask.for_training(train)
