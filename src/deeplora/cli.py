@@ -36,7 +36,8 @@ _FINETUNE_FIELDS = ("task", "text_column", "pair_column", "label_column", "promp
                     "rank", "depth", "init", "init_scale", "gamma", "lora_alpha", "lora_init",
                     "lr", "head_lr", "steps", "batch_size", "eval_batch_size", "eval_every",
                     "checkpoint_every", "generations", "chat_template", "max_new_tokens", "seed",
-                    "init_seed", "threads")
+                    "init_seed", "threads", "device", "precision", "gradient_checkpointing",
+                    "compile")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         DEFAULT_LR,
         LORA_INITS,
         METHODS,
+        PRECISIONS,
         RECIPES,
         TASKS,
     )
@@ -117,6 +119,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--init-seed", type=int,
                    help="seed of the adapter's init alone (default: --seed)")
     g.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    g.add_argument("--device", help="auto (default: a GPU if torch sees one), cpu, cuda or cuda:N")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32 (default), or autocast of the forward passes to bf16 or fp16 (GPU)")
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute the base model's activations in the backward pass")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model for the training steps")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path,
                    help=f"output folder (default runs/finetune; demo {FINETUNE_DEMO_OUT})")

@@ -184,7 +184,9 @@ def _attach(
             model.__dict__.pop("deeplora_base_requires_grad", None)
         raise
     for path, layer in layers.items():
-        layer.add_adapter(adapter_name, branches[path].train(layer.training))
+        # on the base layer's device (a model on a GPU gets its factors there)
+        layer.add_adapter(adapter_name,
+                          branches[path].to(layer.weight.device).train(layer.training))
     for path in trained:
         module = model.get_submodule(path)
         if not isinstance(module, TrainedModule):

@@ -11,6 +11,7 @@ section.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ Task = Literal["classification", "regression", "causal-lm"]
 Method = Literal["deep-lora", "lora", "full"]
 FinetuneInit = Literal["orthogonal", "compressed"]
 LoraInit = Literal["peft", "paper"]
+Precision = Literal["fp32", "bf16", "fp16"]
 Recipe = Literal["library", "paper"]
 
 TASKS: tuple[str, ...] = ("classification", "regression", "causal-lm")
@@ -30,6 +32,7 @@ METHODS: tuple[str, ...] = ("deep-lora", "lora", "full")
 ADAPTER_INITS: tuple[str, ...] = ("orthogonal", "compressed")
 LORA_INITS: tuple[str, ...] = ("peft", "paper")
 RECIPES: tuple[str, ...] = ("library", "paper")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 # Learning rate of the adapter (or of every weight, for "full") when ``lr`` is None: the best
 # validation accuracy of grids on MiniLM and the Amazon reviews, 100 steps (README, "Few-shot
@@ -99,6 +102,11 @@ class FinetuneConfig:
     seed: int = 0  # sampling, held-out split, head and adapter init, data order, dropout
     init_seed: int | None = None  # the adapter's init alone (None: seed)
     threads: int | None = None  # torch threads (None: torch's choice)
+    # --- hardware (finetune.hardware)
+    device: str = "auto"  # "auto" (a GPU if torch sees one), "cpu", "cuda", "cuda:N"
+    precision: Precision = "fp32"  # autocast of the forward passes: "bf16", "fp16" (GPU)
+    gradient_checkpointing: bool = False  # recompute the base model's activations in backward
+    compile: bool = False  # torch.compile the model for the training steps
     progress: bool = True  # tqdm bar with the running loss (off when not a terminal)
 
     def __post_init__(self) -> None:
@@ -107,6 +115,10 @@ class FinetuneConfig:
         _choice("method", self.method, METHODS)
         _choice("init", self.init, ADAPTER_INITS)
         _choice("lora_init", self.lora_init, LORA_INITS)
+        _choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?",
+                                                                self.device):
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("text_column", "label_column", "prompt_column", "completion_column"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:

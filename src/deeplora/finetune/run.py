@@ -47,6 +47,7 @@ from ..distributed import runtime
 from ..errors import UserError
 from .config import FinetuneConfig
 from .data import Examples, TableSource, prepare_examples
+from .hardware import autocast, enable_gradient_checkpointing, resolve_device, to_device
 from .methods import Adapted, attach
 from .metrics import (
     classification_metrics,
@@ -93,6 +94,7 @@ def evaluate(
     *,
     tokenizer: Any = None,
     generator: nn.Module | None = None,
+    device: torch.device | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics and per-example predictions of ``model`` on ``examples`` (batches sorted by
     length, results in the examples' order). Causal-lm, with ``generator`` (the model to call
@@ -101,17 +103,18 @@ def evaluate(
     the reference completions."""
     was_training = model.training
     model.eval()
+    device = torch.device("cpu") if device is None else device
     order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
     parts: list[torch.Tensor] = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(config, device):
         for start in range(0, len(order), config.eval_batch_size):
             chunk = order[start : start + config.eval_batch_size]
-            batch = collate([features[i] for i in chunk], pad_id)
+            batch = to_device(collate([features[i] for i in chunk], pad_id), device)
             if isinstance(task, CausalLMTask):
                 sums, counts = task.token_losses(model, batch)
-                parts.append(torch.stack([sums, counts.to(sums.dtype)], 1))
+                parts.append(torch.stack([sums, counts.to(sums.dtype)], 1).float().cpu())
             else:
-                out = task.outputs_of(model, batch)
+                out = task.outputs_of(model, batch).float().cpu()
                 parts.append(out if out.dim() == 2 else out[:, None])
     values = torch.cat(parts).double().numpy()[np.argsort(order, kind="stable")]
     table = pd.DataFrame({"row": examples.rows})
@@ -128,9 +131,10 @@ def evaluate(
                 rng = np.random.default_rng([config.seed, 3])
                 chosen = np.sort(rng.choice(len(examples), size=config.generations,
                                             replace=False))  # fmt: skip
-            texts = task.generate(generator, tokenizer, [examples.text[i] for i in chosen],
-                                  config.max_new_tokens, max_length=config.max_length,
-                                  batch_size=config.eval_batch_size)  # fmt: skip
+            with autocast(config, device):
+                texts = task.generate(generator, tokenizer, [examples.text[i] for i in chosen],
+                                      config.max_new_tokens, max_length=config.max_length,
+                                      batch_size=config.eval_batch_size)  # fmt: skip
             table["generation"] = None
             for i, text in zip(chosen, texts, strict=True):
                 table.loc[i, "generation"] = text
@@ -258,6 +262,7 @@ def finetune(
             f"export_peft writes a Deep LoRA adapter as a PEFT one; method {config.method!r} "
             + ("already saves a PEFT adapter" if config.method == "lora" else "has no adapter")
         )
+    device = resolve_device(config)
     train_ex, eval_ex = prepare_examples(train, config, evaluation)
     source = resolve_model(config.model, config.task)
     if config.threads is not None:
@@ -276,13 +281,13 @@ def finetune(
     ):
         raise UserError("no training example has a completion token left; check the data")
     torch.manual_seed(config.seed)  # the head's init
-    model = task.build(pretrained)
+    model = task.build(pretrained).to(device)
 
     def run_eval(
         m: nn.Module, generator: nn.Module | None = None
     ) -> tuple[dict[str, Any], pd.DataFrame]:
         return evaluate(m, task, eval_features, eval_ex, config, pad_id,
-                        tokenizer=tokenizer, generator=generator)  # fmt: skip
+                        tokenizer=tokenizer, generator=generator, device=device)  # fmt: skip
 
     if isinstance(task, TextTask):
         baseline = constant_baseline(task, train_ex, eval_ex)
@@ -292,9 +297,12 @@ def finetune(
 
     def first_batch_loss(m: nn.Module) -> torch.Tensor:
         idx = batch_indices(len(train_features), batch_size, 0, config.seed)
-        return task.loss(m, collate([train_features[i] for i in idx], pad_id))
+        return task.loss(m, to_device(collate([train_features[i] for i in idx], pad_id), device))
 
     adapted = attach(model, config, task.head, first_batch_loss)
+    adapted.model.to(device)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(adapted.inner)
     main = runtime.rank() == 0  # under torchrun rank 0 alone evaluates and writes
     if out_dir is not None and overwrite and main:
         _clear(out_dir)
@@ -306,6 +314,7 @@ def finetune(
         evaluate=lambda: run_eval(adapted.model)[0],
         checkpoint=None if out_dir is None else out_dir / CHECKPOINT,
         fingerprint=fingerprint(train_features, getattr(task, "classes", ())),
+        device=device,
     )  # fmt: skip
     history = trainer.run(resume=resume, on_step=on_step)
     if main:
@@ -332,6 +341,8 @@ def finetune(
         "final_train_loss": float(np.mean(history.loss[-10:])) if history.loss else None,
         "history": history.to_dict(),
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": config.precision,
         "processes": runtime.world_size(),
         "seconds": time.perf_counter() - start,
     }

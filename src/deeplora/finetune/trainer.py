@@ -41,6 +41,7 @@ from .. import _io
 from ..distributed import runtime
 from ..errors import UserError
 from .config import FinetuneConfig
+from .hardware import autocast, compiled, grad_scaler, to_device
 from .methods import Adapted
 from .tasks import Features, FinetuneTask, collate
 
@@ -90,8 +91,10 @@ class Trainer:
         evaluate: Callable[[], dict[str, Any]] | None = None,
         checkpoint: Path | None = None,
         fingerprint: str = "",
+        device: torch.device | None = None,
     ) -> None:
         self.adapted, self.task, self.features = adapted, task, features
+        self.device = torch.device("cpu") if device is None else device
         self.config, self.pad_id, self.evaluate = config, pad_id, evaluate
         self.checkpoint, self.fingerprint = checkpoint, fingerprint
         self.batch_size = min(config.batch_size, len(features))
@@ -114,9 +117,12 @@ class Trainer:
                       else "broadcast_buffers")
             sync: dict[str, Any] = {option: False}
             self.net = DistributedDataParallel(adapted.model, **sync)
+        if config.compile:
+            self.net = compiled(self.net)
         self.optimizer = torch.optim.AdamW(
             adapted.groups, betas=config.betas, eps=config.adam_eps
         )
+        self.scaler = grad_scaler(config, self.device)
         self.step = 0
         self.history = History()
 
@@ -124,7 +130,7 @@ class Trainer:
         """The step's batch (its global indices) and this rank's share of it, collated."""
         idx = batch_indices(len(self.features), self.batch_size, step, self.config.seed)
         mine = idx[self.rank :: self.world]
-        return idx, collate([self.features[i] for i in mine], self.pad_id)
+        return idx, to_device(collate([self.features[i] for i in mine], self.pad_id), self.device)
 
     def run(self, *, resume: bool = False, on_step: StepHook | None = None) -> History:
         """Train to ``config.steps``; with ``resume`` continue from the checkpoint if any."""
@@ -139,7 +145,8 @@ class Trainer:
                 idx, batch = self.batch(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 value = self._forward_backward(batch)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # optimizer.step() unless fp16 scales
+                self.scaler.update()
                 self.step += 1
                 self.history.loss.append(value)
                 bar.update(1)
@@ -164,7 +171,8 @@ class Trainer:
         """Loss and gradients of one batch; returns the loss averaged over the ranks. A
         finite check comes before the backward pass, so that every rank stops together."""
         try:
-            loss = self.task.loss(self.net, batch)
+            with autocast(self.config, self.device):
+                loss = self.task.loss(self.net, batch)
             mean = runtime.all_reduce(loss.detach().double().reshape(1).clone(),
                                       "averaging the loss") / self.world
             value = float(mean)
@@ -173,7 +181,7 @@ class Trainer:
                     f"the training loss became {value} at step {self.step + 1}; lower the "
                     f"learning rate (it is {self.config.learning_rate:g})"
                 )
-            loss.backward()  # DistributedDataParallel averages the gradients here
+            self.scaler.scale(loss).backward()  # DDP averages the gradients here
         except (RuntimeError, OSError) as e:
             if runtime.collective_failure(e):  # raised inside DistributedDataParallel
                 raise runtime.peer_error("the gradient all-reduce", e) from e
@@ -185,7 +193,8 @@ class Trainer:
         """Write the checkpoint (see the module docstring); under several processes rank 0
         writes it, with every rank's random states, and the others wait."""
         assert self.checkpoint is not None
-        states = runtime.all_gather_object(_random_states(), "sharing the random states")
+        states = runtime.all_gather_object(_random_states(self.device),
+                                           "sharing the random states")  # fmt: skip
         if self.rank == 0:
             self._write(states)
         runtime.barrier("writing the checkpoint")
@@ -208,6 +217,8 @@ class Trainer:
             suffix = "" if r == 0 else f".{r}"  # rank 0 keeps the one-process names
             tensors[f"rng.torch{suffix}"] = rng["torch"]
             tensors[f"rng.numpy{suffix}"] = rng["numpy_keys"]
+            if "cuda" in rng:
+                tensors[f"rng.cuda{suffix}"] = rng["cuda"]
         name = f"state-{self.step:08d}.safetensors"
         _io.write_tensors(folder / name, tensors)
         _io.write_json(folder / STATE_JSON, {
@@ -224,6 +235,7 @@ class Trainer:
             "rng_python": states[0]["python"],
             "rng_ranks": [{"numpy": r["numpy"], "python": r["python"]} for r in states[1:]],
             "history": self.history.to_dict(),
+            "grad_scaler": self.scaler.state_dict(),
         })  # fmt: skip
         for old in folder.glob("state-*.safetensors"):
             if old.name != name:
@@ -276,6 +288,10 @@ class Trainer:
         suffix = "" if self.rank == 0 else f".{self.rank}"
         mine = meta if self.rank == 0 else meta["rng_ranks"][self.rank - 1]
         torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+        if f"rng.cuda{suffix}" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], self.device)
+        if meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         np_kind, np_pos, np_has_gauss, np_gauss = mine["rng_numpy" if self.rank == 0 else "numpy"]
         keys = tensors[f"rng.numpy{suffix}"].numpy().astype(np.uint32)
         np.random.set_state((np_kind, keys, np_pos, np_has_gauss, np_gauss))  # noqa: NPY002
@@ -285,13 +301,17 @@ class Trainer:
         self.history = History(list(meta["history"]["loss"]), list(meta["history"]["evals"]))
 
 
-def _random_states() -> dict[str, Any]:
-    """This process's torch, numpy and Python random states (what a checkpoint keeps)."""
+def _random_states(device: torch.device) -> dict[str, Any]:
+    """This process's torch (and its GPU's), numpy and Python random states (what a checkpoint
+    keeps)."""
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)  # noqa: NPY002
     py_version, py_state, py_gauss = random.getstate()
-    return {
+    states = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
         "numpy": [np_kind, np_pos, np_has_gauss, np_gauss],
         "python": [py_version, list(py_state), py_gauss],
     }
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
