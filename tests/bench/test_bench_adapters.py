@@ -24,6 +24,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     assert "1 thread(s)" in printed and "results written to" in printed
     assert "train step Deep LoRA / LoRA" in printed and "<= 1.10" in printed
+    assert "peak of a step: Deep LoRA / LoRA" in printed
 
     report = json.loads(out.read_text())
     assert report["benchmark"] == "adapters"
@@ -46,6 +47,9 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
         assert result["merged_max_abs_diff"] < 1e-4
         for name in ("lora_step", "compressed_init"):
             assert result["peak_memory"][name]["peak_rss_mb"] > 0
+        step = result["step_memory"]  # the quick run measures at the timing batch
+        assert step["case"]["batch_size"] == result["case"]["batch_size"]
+        assert step["deeplora_step"]["peak_rss_mb"] > 0 and step["lora_step"]["peak_rss_mb"] > 0
         sizes = result["adapter_bytes"]
         assert "adapter_model.safetensors" in sizes["peft"]["files"]
         assert "deeplora_adapter.safetensors" in sizes["deeplora"]["files"]

@@ -116,6 +116,17 @@ def peak_lora_step(case: Case) -> dict[str, Any]:
     return mem.result()
 
 
+def peak_deep_lora_step(case: Case) -> dict[str, Any]:
+    """Peak RSS increase of one Deep LoRA train step on the full batch."""
+    work = load_workload(case)
+    deep, optimizer = _with_deep_lora(work, work.model)
+    _train_step(deep, optimizer, work.warmup_loss)()  # lazy code, the optimizer's state
+    step = _train_step(deep, optimizer, work.loss)
+    with PeakMemory() as mem:
+        step()
+    return mem.result()
+
+
 def peak_compressed_init(case: Case) -> dict[str, Any]:
     """Peak RSS increase of the compressed init (``wrap(..., loss_fn=...)``) on the full
     batch."""
@@ -263,10 +274,17 @@ def measure(case: Case, plan: Plan) -> dict[str, Any]:
     }
     lora_mb = memory["lora_step"]["increase_mb"]
     init_mb = memory["compressed_init"]["increase_mb"]
+    big = plan.memory_case(case)
+    steps = {"lora_step": run_isolated(peak_lora_step, big, isolate=plan.isolate),
+             "deeplora_step": run_isolated(peak_deep_lora_step, big, isolate=plan.isolate)}
+    step_lora_mb = steps["lora_step"]["increase_mb"]
     progress("peak memory " + ("in fresh subprocesses" if plan.isolate else "in this process"))
     result.update(
         peak_memory=memory,
         memory_ratio=init_mb / lora_mb if lora_mb > 0 else None,
+        step_memory={"case": asdict(big), **steps,
+                     "ratio": (steps["deeplora_step"]["increase_mb"] / step_lora_mb
+                               if step_lora_mb > 0 else None)},
         seconds=time.perf_counter() - t0,
     )
     return result

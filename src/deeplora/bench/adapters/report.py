@@ -89,6 +89,14 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
             lambda r: fmt(r["peak_memory"]["compressed_init"]["increase_mb"], ",.0f"),
         ),
         row("peak: compressed init / LoRA step", lambda r: fmt(r["memory_ratio"], ".2f")),
+        row("step memory: batch (rows x tokens)",
+            lambda r: f"{r['step_memory']['case']['batch_size']} x "
+                      f"{r['step_memory']['case']['seq_len']}"),
+        row("peak +MB of a step: LoRA / Deep LoRA",
+            lambda r: f"{fmt(r['step_memory']['lora_step']['increase_mb'], ',.0f')} / "
+                      f"{fmt(r['step_memory']['deeplora_step']['increase_mb'], ',.0f')}"),
+        row("peak of a step: Deep LoRA / LoRA", lambda r: fmt(r["step_memory"]["ratio"], ".3f"),
+            f"<= {TARGETS['step_memory']:.2f}"),
         row("adapter KB weights / folder: PEFT LoRA", kb("peft")),
         row("adapter KB weights / folder: Deep LoRA", kb("deeplora")),
         row("adapter KB weights / folder: compressed", kb("deeplora_compressed")),
@@ -109,4 +117,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[Target]:
                            r["train_step_ratio"]["median"], TARGETS["train_step"]))
         rows.append(Target(f"inference, both unmerged, Deep LoRA / PEFT LoRA ({name})",
                            r["inference_ratio"]["median"], TARGETS["inference"]))
+        case = r["step_memory"]["case"]
+        rows.append(Target(f"peak memory of a train step, Deep LoRA / PEFT LoRA ({name}, "
+                           f"{case['batch_size']} x {case['seq_len']})",
+                           r["step_memory"]["ratio"], TARGETS["step_memory"]))
     return rows
