@@ -59,3 +59,20 @@ def test_quick_run_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
 def test_bad_repeats_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "adapters", "--quick", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_a_gpu_that_is_not_there_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "adapters", "--quick", "--device", "cuda"]) == 2
+    assert "torch sees no GPU here" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_quick_run_on_the_gpu(tmp_path: Path) -> None:
+    out = tmp_path / "adapters.json"
+    assert main(["bench", "adapters", "--quick", "--repeats", "1", "--device", "cuda",
+                 "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    for result in report["models"].values():
+        assert result["case"]["device"] == "cuda"
+        assert result["step_memory"]["deeplora_step"]["method"].startswith("torch.cuda")

@@ -102,6 +102,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"a fixed stratified subsample of the test examples (default "
                         f"{d.test_size}; 0 for all)")
     p.add_argument("--model", metavar="NAME", help="model folder or name (default minilm)")
+    p.add_argument("--device", help="where each run trains: cpu (default), cuda, cuda:N, auto")
     p.add_argument("--workers", type=int, metavar="W",
                    help=f"single-threaded worker processes (default {d.workers})")
     p.add_argument("--json", type=Path, metavar="PATH", help="write every figure to PATH")
@@ -139,7 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     changes: dict[str, Any] = {}
     for name in ("task", "recipe", "eps", "eval_split", "init_draws", "seeds",
                  "selection_seeds", "steps", "max_length", "val_size", "model",
-                 "workers"):  # fmt: skip
+                 "workers", "device"):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             changes[name] = value

@@ -88,7 +88,7 @@ INIT_SEED_STRIDE = 100_000  # init draw d > 0 of seed s: init_seed = d * stride 
 # init draw, which its key holds): a resumed benchmark must keep them; the rest (ns, ranks,
 # seeds, methods, the lr grids, workers) only decide which runs there are
 RUN_SETTINGS = ("task", "recipe", "model", "steps", "batch_size", "max_length", "val_size",
-                "test_size", "alpha_per_rank", "eps")  # fmt: skip
+                "test_size", "alpha_per_rank", "eps", "device")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ class Settings:
     val_size: int = 300  # validation examples held out of the training data
     test_size: int | None = 500  # test examples (None: all; else a stratified subsample)
     workers: int = 2  # single-threaded worker processes
+    device: str = "cpu"  # where each run trains (as FinetuneConfig.device)
 
     def __post_init__(self) -> None:
         task_named(self.task)
@@ -314,7 +315,7 @@ def finetune_config(settings: Settings, job: Job) -> FinetuneConfig:
     fields.update(n=job.n, model=settings.model, method=method, rank=job.rank, lr=job.lr,
                   steps=settings.run_steps, batch_size=settings.batch_size,
                   max_length=settings.max_length, seed=job.seed, init_seed=job.init_seed,
-                  threads=1, progress=False)  # fmt: skip
+                  threads=1, progress=False, device=settings.device)  # fmt: skip
     return FinetuneConfig(**fields)
 
 

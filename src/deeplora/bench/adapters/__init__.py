@@ -128,6 +128,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="tiny models built from configs, no downloads: a smoke run (< 30 s)",
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:N or auto (a GPU if torch sees one)",
+    )
+    p.add_argument(
         "--no-isolate",
         action="store_true",
         help="measure peak memory in this process (default: a fresh subprocess "

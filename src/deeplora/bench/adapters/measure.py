@@ -77,6 +77,13 @@ def _with_deep_lora(work: Workload, model: nn.Module) -> tuple[nn.Module, torch.
     return deep, torch.optim.AdamW(groups, betas=BETAS, eps=ADAM_EPS)
 
 
+def _sync(model: nn.Module) -> None:
+    """Wait for a GPU's queued work, so that a timer sees it done."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[nn.Module], torch.Tensor]
 ) -> Callable[[], None]:
@@ -84,6 +91,7 @@ def _train_step(
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model).backward()
         optimizer.step()
+        _sync(model)
 
     return step
 
@@ -99,6 +107,7 @@ def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], 
     def run() -> None:
         with torch.no_grad():
             model(**inputs)
+        _sync(model)
 
     return run
 
@@ -111,7 +120,7 @@ def peak_lora_step(case: Case) -> dict[str, Any]:
     lora, optimizer = _with_lora(work, work.model)
     _train_step(lora, optimizer, work.warmup_loss)()  # lazy code, the optimizer's state
     step = _train_step(lora, optimizer, work.loss)
-    with PeakMemory() as mem:
+    with _peak(case) as mem:
         step()
     return mem.result()
 
@@ -122,7 +131,7 @@ def peak_deep_lora_step(case: Case) -> dict[str, Any]:
     deep, optimizer = _with_deep_lora(work, work.model)
     _train_step(deep, optimizer, work.warmup_loss)()  # lazy code, the optimizer's state
     step = _train_step(deep, optimizer, work.loss)
-    with PeakMemory() as mem:
+    with _peak(case) as mem:
         step()
     return mem.result()
 
@@ -133,9 +142,37 @@ def peak_compressed_init(case: Case) -> dict[str, Any]:
     work = load_workload(case)
     config = _deep_config(work, init="compressed")
     unload(wrap(work.model, config, loss_fn=work.warmup_loss))  # lazy code (eigh, hooks)
-    with PeakMemory() as mem:
+    with _peak(case) as mem:
         wrap(work.model, config, loss_fn=work.loss)
     return mem.result()
+
+
+class _GpuPeak:
+    """Peak GPU memory allocated while the ``with`` block runs, over the amount at entry."""
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+        self.baseline = self.peak = 0
+
+    def __enter__(self) -> _GpuPeak:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.baseline = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.synchronize(self.device)
+        self.peak = torch.cuda.max_memory_allocated(self.device)
+
+    def result(self) -> dict[str, Any]:
+        mb = 1024 * 1024
+        return {"peak_mb": self.peak / mb, "baseline_mb": self.baseline / mb,
+                "increase_mb": max(self.peak - self.baseline, 0) / mb,
+                "method": "torch.cuda.max_memory_allocated (reset at the start)"}
+
+
+def _peak(case: Case) -> PeakMemory | _GpuPeak:
+    return _GpuPeak(case.device) if case.device.startswith("cuda") else PeakMemory()
 
 
 # =========================================================================== measuring

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...adapters.config import DEFAULT_LR
+from ...errors import UserError
 
 MODELS = ("minilm", "smollm")
 RANK = 8  # width of both adapters
@@ -32,6 +33,7 @@ class Case:
     seq_len: int
     quick: bool = False  # a tiny model built from a config, random tokens
     seed: int = 0
+    device: str = "cpu"  # where the model and its batch live
 
 
 @dataclass
@@ -49,11 +51,25 @@ class Plan:
     def memory_case(self, case: Case) -> Case:
         """The case whose train steps' peak memory is measured (a larger batch)."""
         rows, tokens = self.memory_sizes.get(case.model, (case.batch_size, case.seq_len))
-        return Case(case.model, rows, tokens, quick=case.quick, seed=case.seed)
+        return Case(case.model, rows, tokens, quick=case.quick, seed=case.seed,
+                    device=case.device)
+
+
+def resolve_device(name: str) -> str:
+    """``--device``: "auto" is the first GPU if torch sees one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: torch sees no GPU here (torch.cuda.is_available() "
+                        "is False); use --device cpu or auto")  # fmt: skip
+    return name
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     quick = bool(args.quick)
+    device = resolve_device(args.device)
     sizes = (
         {"minilm": (16, 64), "smollm": (4, 64)}
         if not quick
@@ -61,7 +77,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     )
     repeats = args.repeats if args.repeats is not None else (2 if quick else 10)
     plan = Plan(
-        cases=[Case(m, *sizes[m], quick=quick) for m in MODELS if m in args.models],
+        cases=[Case(m, *sizes[m], quick=quick, device=device) for m in MODELS
+               if m in args.models],
         repeats=repeats,
         inference_repeats=2 * repeats,
         warmup=1,

@@ -166,4 +166,8 @@ def _smollm(case: Case) -> Workload:
 
 
 def load_workload(case: Case) -> Workload:
-    return _minilm(case) if case.model == "minilm" else _smollm(case)
+    """The case's model and batch, on ``case.device``."""
+    work = _minilm(case) if case.model == "minilm" else _smollm(case)
+    work.model.to(case.device)
+    work.batch = {k: v.to(case.device) for k, v in work.batch.items()}
+    return work
