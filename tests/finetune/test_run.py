@@ -112,6 +112,34 @@ def test_batched_left_padded_generation_is_one_prompt_at_a_time(
     assert batched == alone and any(alone)
 
 
+def test_generation_scores_against_a_known_answer(models: dict[str, Path]) -> None:
+    """References that are the model's own greedy completions score 1; others less."""
+    from deeplora.finetune import CausalLMTask, evaluate, load_pretrained, resolve_model
+    from deeplora.finetune.data import examples_from_table
+
+    model, tokenizer = load_pretrained(resolve_model(str(models["llama"]), "causal-lm"),
+                                       "causal-lm")  # fmt: skip
+    task = CausalLMTask(tokenizer.eos_token_id)
+    table = completions(12)
+    cfg = config(models["llama"], task="causal-lm", max_new_tokens=3)
+    own = task.generate(model, tokenizer, list(table["prompt"]), 3, max_length=16,
+                        batch_size=4)  # fmt: skip
+    keep = [i for i, text in enumerate(own) if text.strip()][:6]  # a reference is not empty
+    assert len(keep) == 6
+    table, own = table.iloc[keep].reset_index(drop=True), [own[i] for i in keep]
+    for references, exact in ((own, 1.0), (["positive"] * 6, None)):
+        known = table.assign(completion=references)
+        examples = examples_from_table(known, cfg, what="test")
+        features = task.encode(examples, tokenizer, cfg.max_length)
+        metrics, table_out = evaluate(model, task, features, examples, cfg, 0,
+                                      tokenizer=tokenizer, generator=model)  # fmt: skip
+        assert list(table_out["generation"]) == own and metrics["generated"] == 6
+        if exact is not None:
+            assert metrics["exact_match"] == metrics["token_f1"] == exact
+        else:
+            assert metrics["exact_match"] < 1.0
+
+
 def test_chat_template_wraps_every_prompt(models: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
