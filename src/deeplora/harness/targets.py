@@ -58,8 +58,11 @@ HEADER = ["figure", "value", "target", "verdict"]
 
 
 def print_targets(targets: Sequence[Target]) -> None:
-    """The run's targets as one plain-text table."""
+    """The run's targets as one plain-text table (or a line saying that it has none)."""
     print("\n== targets")
+    if not targets:
+        print("none for this run's settings")
+        return
     print(table(HEADER, [t.cells() for t in targets]))
 
 
