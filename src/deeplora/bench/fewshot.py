@@ -33,6 +33,7 @@ from ..harness.fewshot import (
     record_key,
     run_benchmark,
     score,
+    selection_jobs,
 )
 from ..harness.fewshot_log import RunLog
 from ..harness.fewshot_report import aggregate, declared_targets, plot, render
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     log = RunLog(runs_path, settings, resume=args.resume, overwrite=args.overwrite)
     machine = machine_info()
     baseline = tables.baseline(task)
-    first, total_runs = all_jobs(settings)
+    _, total_runs = all_jobs(settings)
     print("deeplora bench fewshot: " + describe_machine(machine))
     print(f"workers: {settings.workers} process(es) x 1 torch thread; OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
@@ -211,8 +212,10 @@ def run(args: argparse.Namespace) -> int:
               + (" (chosen per n on validation)" if method in settings.selected() else ""))
     remaining = pending(settings, log)
     estimate = remaining * estimate_seconds(settings) / settings.workers
-    print(f"runs: {total_runs} ({len(first)} first: lr selection on validation and the runs "
-          f"at one lr; then the rest at the chosen lr); {settings.seeds} seeds per cell"
+    selecting = len(selection_jobs(settings))
+    print(f"runs: {total_runs} ({selecting} to choose learning rates on the validation split, "
+          f"{total_runs - selecting} scored on the {settings.eval_split} split); "
+          f"{settings.seeds} seed(s) per cell"
           + (f"; {len(log.records)} already in {runs_path}" if log.records else ""))
     print(f"estimated time: at most about {estimate / 60:.0f} min for {remaining} runs of "
           f"~{estimate_seconds(settings):.0f} s on {settings.workers} worker(s) (an estimate, "
