@@ -105,6 +105,14 @@ def test_misuse_is_refused(tmp_path: Path) -> None:
         DeepLoraModel.from_pretrained(build(arch), tmp_path / "empty")
     with pytest.raises(ValueError, match="was saved for another architecture"):
         DeepLoraModel.from_pretrained(build(ARCHS["gpt2"]), tmp_path / "out")
+    import transformers
+
+    deeper = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=32, num_labels=3))  # fmt: skip
+    with pytest.raises(ValueError, match=r"has \d+ layer\(s\) that the adapter's target_modules "
+                       r"match but the adapter does not hold \(e\.g\. 'bert\.encoder\.layer\.2"):
+        DeepLoraModel.from_pretrained(deeper, tmp_path / "out")
     meta = json.loads((tmp_path / "out" / META_NAME).read_text())
     meta["format_version"] = 99
     (tmp_path / "out" / META_NAME).write_text(json.dumps(meta))

@@ -88,6 +88,8 @@ def test_causal_lm_end_to_end(models: dict[str, Path], arch: str, tmp_path: Path
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     assert sum(r["generation"] is not None for r in rows) == 2
+    assert [r["baseline_generation"] is None for r in rows] == [
+        r["generation"] is None for r in rows]  # the base model's, on the same prompts
     assert metrics["eval"]["generated"] == metrics["baseline"]["generated"] == 2
     for scores in (metrics["eval"], metrics["baseline"]):  # the base model's, scored the same
         assert 0 <= scores["exact_match"] <= scores["token_f1"] <= 1

@@ -33,6 +33,7 @@ from .model import (
     _trained_modules,
     adapter_branches,
     adapter_configs,
+    find_targets,
     set_adapter,
 )
 from .rank import LayerTruncation, choose_rank, tail_error
@@ -211,6 +212,7 @@ def attach_state(
         if branch.shapes[0][1] != have[1] or branch.shapes[-1][0] != have[0]:
             raise _corrupt(what, f"the factors of {path!r} do not map {have[1]} -> {have[0]}")
         branches[path] = branch
+    _check_covered(model, config, branches, what)
 
     trained_state: dict[str, dict[str, torch.Tensor]] = {}
     for path, keys in trained_meta.items():
@@ -253,6 +255,24 @@ def attach_state(
             if adapter_name in module.copies:
                 module.copies[adapter_name].requires_grad_(False)
     return model
+
+
+def _check_covered(model: nn.Module, config: DeepLoraConfig, branches: dict[str, Any],
+                   what: str) -> None:  # fmt: skip
+    """Refuse a model with layers the adapter's ``target_modules`` match but the adapter does
+    not hold: it was saved for a smaller model of the family (more layers here)."""
+    try:
+        wanted = find_targets(model, config)
+    except ValueError:  # its names match nothing here: the per-layer checks have spoken
+        return
+    uncovered = [path for path in wanted if path not in branches]
+    if uncovered:
+        raise UserError(
+            f"{what}: this {type(model).__name__} has {len(uncovered)} layer(s) that the "
+            f"adapter's target_modules match but the adapter does not hold (e.g. "
+            f"{uncovered[0]!r}); it was saved for a model with fewer layers: load it onto the "
+            "model it was trained on"
+        )
 
 
 def export_peft(

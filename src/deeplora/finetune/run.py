@@ -289,10 +289,12 @@ def finetune(
         return evaluate(m, task, eval_features, eval_ex, config, pad_id,
                         tokenizer=tokenizer, generator=generator, device=device)  # fmt: skip
 
+    base_table: pd.DataFrame | None = None  # causal-lm: the base model's generations
     if isinstance(task, TextTask):
         baseline = constant_baseline(task, train_ex, eval_ex)
     else:  # the base model's loss and greedy generations, before any adapter exists
-        baseline = {"kind": "pretrained model, no training", **run_eval(model, model)[0]}
+        base_metrics, base_table = run_eval(model, model)
+        baseline = {"kind": "pretrained model, no training", **base_metrics}
     batch_size = min(config.batch_size, len(train_features))
 
     def first_batch_loss(m: nn.Module) -> torch.Tensor:
@@ -319,6 +321,8 @@ def finetune(
     history = trainer.run(resume=resume, on_step=on_step)
     if main:
         final, predictions = run_eval(adapted.model, adapted.inner)
+        if base_table is not None and "generation" in base_table:
+            predictions["baseline_generation"] = base_table["generation"]
     else:
         final, predictions = {}, pd.DataFrame()
     final = runtime.broadcast_object(final, 0, "sharing the final evaluation")
