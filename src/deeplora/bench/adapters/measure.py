@@ -114,23 +114,13 @@ def _forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], 
 
 # =========================================================================== peak memory
 # Module-level functions so that a 'spawn' subprocess can run them.
-def peak_lora_step(case: Case) -> dict[str, Any]:
-    """Peak RSS increase of one PEFT LoRA train step on the full batch."""
+def peak_step(case: Case, method: str) -> dict[str, Any]:
+    """Peak memory increase of one train step of ``method`` ("lora" or "deeplora") on the full
+    batch, after an untimed step on a small one (lazy code, the optimizer's state)."""
     work = load_workload(case)
-    lora, optimizer = _with_lora(work, work.model)
-    _train_step(lora, optimizer, work.warmup_loss)()  # lazy code, the optimizer's state
-    step = _train_step(lora, optimizer, work.loss)
-    with _peak(case) as mem:
-        step()
-    return mem.result()
-
-
-def peak_deep_lora_step(case: Case) -> dict[str, Any]:
-    """Peak RSS increase of one Deep LoRA train step on the full batch."""
-    work = load_workload(case)
-    deep, optimizer = _with_deep_lora(work, work.model)
-    _train_step(deep, optimizer, work.warmup_loss)()  # lazy code, the optimizer's state
-    step = _train_step(deep, optimizer, work.loss)
+    model, optimizer = (_with_lora if method == "lora" else _with_deep_lora)(work, work.model)
+    _train_step(model, optimizer, work.warmup_loss)()
+    step = _train_step(model, optimizer, work.loss)
     with _peak(case) as mem:
         step()
     return mem.result()
@@ -306,14 +296,14 @@ def measure(case: Case, plan: Plan) -> dict[str, Any]:
     del work, deep, lora  # free this process's models before the subprocesses run
 
     memory = {
-        "lora_step": run_isolated(peak_lora_step, case, isolate=plan.isolate),
+        "lora_step": run_isolated(peak_step, case, "lora", isolate=plan.isolate),
         "compressed_init": run_isolated(peak_compressed_init, case, isolate=plan.isolate),
     }
     lora_mb = memory["lora_step"]["increase_mb"]
     init_mb = memory["compressed_init"]["increase_mb"]
     big = plan.memory_case(case)
-    steps = {"lora_step": run_isolated(peak_lora_step, big, isolate=plan.isolate),
-             "deeplora_step": run_isolated(peak_deep_lora_step, big, isolate=plan.isolate)}
+    steps = {f"{m}_step": run_isolated(peak_step, big, m, isolate=plan.isolate)
+             for m in ("lora", "deeplora")}
     step_lora_mb = steps["lora_step"]["increase_mb"]
     progress("peak memory " + ("in fresh subprocesses" if plan.isolate else "in this process"))
     result.update(
