@@ -66,7 +66,7 @@ class DeepLoraModel(nn.Module):
     is None: add one with :meth:`add_adapter` or :meth:`load_adapter`). The model is changed
     in place; :meth:`unload` gives it back. ``loss_fn`` feeds ``init="compressed"``."""
 
-    wrapped: nn.Module  # not ``base_model``: Hugging Face models name their backbone so
+    wrapped: nn.Module  # the base model (``base_model`` is a Hugging Face backbone's name)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DeepLoraModel:
         model = args[0] if args else kwargs.get("model")
