@@ -5,7 +5,6 @@ of the base model and ``torch.compile`` (``FinetuneConfig.device``, ``precision`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -59,18 +58,13 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute the Hugging Face base model's activations in the backward pass (the
     non-reentrant form: the frozen embeddings need no gradient)."""
-    for module in _modules(model):
+    for module in model.modules():  # the model itself first
         enable = getattr(module, "gradient_checkpointing_enable", None)
         if callable(enable) and getattr(module, "supports_gradient_checkpointing", False):
             enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             return
     raise UserError(f"{type(model).__name__} has no Hugging Face model that supports gradient "
                     "checkpointing; drop --gradient-checkpointing")  # fmt: skip
-
-
-def _modules(model: nn.Module) -> Iterator[nn.Module]:
-    yield model
-    yield from model.modules()
 
 
 def compiled(model: nn.Module) -> nn.Module:
