@@ -102,7 +102,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     lrs = ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items())
     g.add_argument("--lr", type=float, help=f"learning rate (default: {lrs}; compressed 1e-2)")
     g.add_argument("--head-lr", type=float,
-                   help=f"learning rate of the task head (default {DEFAULT_HEAD_LR:g})")
+                   help=f"learning rate of the task head (default {DEFAULT_HEAD_LR:g}; 0 "
+                        "keeps it at its random init; --recipe paper: 0)")
     g.add_argument("--steps", type=int, help="optimizer steps (default 100)")
     g.add_argument("--batch-size", type=int, help="default 16")
     g.add_argument("--eval-batch-size", type=int, help="default 32")

@@ -38,7 +38,7 @@ def record(split: str, method: str, n: int, rank: int, seed: int, lr: float | No
     second = accuracy - 0.1 if macro_f1 is None else macro_f1
     return {"split": split, "method": method, "n": n, "rank": rank, "seed": seed, "lr": lr,
             "draw": draw, "score": accuracy, "second": second, "accuracy": accuracy,
-            "macro_f1": second, "lr_used": lr,
+            "macro_f1": second, "lr_used": lr, "head_lr": DEFAULTS.head_learning_rate,
             "init_scale": DEFAULTS.factor_scale if deep else None, "seconds": 1.0}  # fmt: skip
 
 
@@ -181,6 +181,10 @@ def test_each_method_runs_through_finetune_with_its_recipe() -> None:
     assert (lora.lora_init, lora.lora_alpha, lora.learning_rate) == ("peft", 16.0, 1e-4)
     assert config(Settings(eps=1e-2), "deep-lora").factor_scale == 1e-2
     assert paper.grid("deep-lora") == (3e-5, 1e-4, 3e-4) and paper.run_steps == 1000
+    # the paper's recipe trains the adapter alone (the head kept at its random init)
+    assert (deep.head_learning_rate, vanilla.head_learning_rate) == (1e-3, 0.0)
+    assert config(Settings(recipe="paper", head_lr=1e-3), "lora").head_learning_rate == 1e-3
+    assert paper.to_dict()["head_lr"] == 0.0 and library.to_dict()["head_lr"] == 1e-3
     assert paper.selected() == ["deep-lora", "lora"] and library.selected() == ["lora"]
     stsb = fewshot.finetune_config(Settings(task="stsb"), job)
     assert (stsb.task, stsb.text_column, stsb.pair_column) == ("regression", "sentence1",
@@ -271,6 +275,11 @@ def test_run_log_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"Deep LoRA runs at eps 0.001, not this benchmark's 0.03"):
         RunLog(older, SMALL, resume=True, overwrite=False)
     assert older.read_text() == text + '{"torn'  # refused before anything was rewritten
+    headed = tmp_path / "headed.jsonl"  # runs logged with the head at another lr
+    header, *runs = path.read_text().splitlines(keepends=True)
+    headed.write_text(header + "".join(runs).replace('"head_lr": 0.001', '"head_lr": 0.0'))
+    with pytest.raises(ValueError, match=r"the head at lr 0.0, not this benchmark's 0.001"):
+        RunLog(headed, SMALL, resume=True, overwrite=False)
     fresh = RunLog(path, SMALL, resume=False, overwrite=True)
     assert fresh.records == {} and len(path.read_text().splitlines()) == 1
 

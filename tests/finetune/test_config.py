@@ -38,8 +38,10 @@ def test_the_papers_recipe_sets_every_method_apart_from_the_library_defaults() -
     lora = FinetuneConfig(method="lora", **recipe_settings("paper", "lora"))
     assert (lora.target_modules, lora.learning_rate, lora.steps, lora.batch_size) == (
         "attention-mlp", 1e-4, 1000, 16)
+    assert lora.head_learning_rate == 0.0  # only the adapter trains, as in the authors' runs
     deep = FinetuneConfig(**recipe_settings("paper"))
-    assert (deep.factor_scale, deep.learning_rate, deep.steps) == (1e-3, 1e-4, 1000)
+    assert (deep.factor_scale, deep.learning_rate, deep.steps, deep.head_learning_rate) == (
+        1e-3, 1e-4, 1000, 0.0)
     compressed = FinetuneConfig(init="compressed", **recipe_settings("paper", init="compressed"))
     assert (compressed.factor_scale, compressed.learning_rate, compressed.gamma) == (
         1e-3, 1e-2, 1e-2)
@@ -74,7 +76,7 @@ def test_round_trip() -> None:
         ({"eval_fraction": 1}, "eval_fraction must be > 0 and < 1"),
         ({"lr": 0}, "lr must be > 0"),
         ({"lr": float("nan")}, "lr must be a finite number"),
-        ({"head_lr": -1}, "head_lr must be > 0"),
+        ({"head_lr": -1}, "head_lr must be >= 0"),
         ({"steps": -1}, "steps must be >= 0"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"depth": 1}, "depth must be >= 2"),

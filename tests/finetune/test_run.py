@@ -187,6 +187,19 @@ def test_every_method_trains_only_its_parameters(models: dict[str, Path]) -> Non
     assert counts["deep-lora"] == counts["lora"] + adapted * rank * rank
 
 
+def test_head_lr_zero_keeps_the_head_at_its_init(models: dict[str, Path]) -> None:
+    table, held = reviews(24), reviews(8, seed=1)
+    for method in ("deep-lora", "lora"):
+        runs = {steps: finetune(table, config(models["bert"], method=method, steps=steps,
+                                              head_lr=0.0), evaluation=held)
+                for steps in (0, 5)}  # fmt: skip
+        start, end = (r.adapted.trainable() for r in (runs[0], runs[5]))
+        heads = [n for n in start if n.startswith("head.") or "modules_to_save" in n]
+        assert heads and all(torch.equal(start[n], end[n]) for n in heads)
+        assert any(not torch.equal(start[n], end[n]) for n in start if n not in heads)
+        assert runs[5].metrics["head_lr"] == 0.0
+
+
 def test_compressed_init_trains_outer_factors_at_gamma_lr(models: dict[str, Path]) -> None:
     cfg = config(models["bert"], init="compressed", lr=None, steps=3)
     result = finetune(reviews(24), cfg, evaluation=reviews(8, seed=1))

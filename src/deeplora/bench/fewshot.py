@@ -14,7 +14,7 @@ from typing import Any
 
 from .._io import write_json
 from ..errors import UserError
-from ..finetune.config import DEFAULT_HEAD_LR, RECIPES
+from ..finetune.config import RECIPES
 from ..harness.fewshot import (
     DEEP,
     FORMAT_VERSION,
@@ -84,6 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, metavar="E",
                    help="Deep LoRA's init scale (default: the recipe's; library 3e-2, or 1e-3 "
                         "for the compressed init)")  # fmt: skip
+    p.add_argument("--head-lr", type=float, metavar="LR",
+                   help="the task head's learning rate (default: the recipe's; library 1e-3, "
+                        "paper 0: the head kept at its random init)")  # fmt: skip
     p.add_argument("--eval", choices=("test", "validation"), dest="eval_split",
                    help="score the cells on the test examples (default) or on the validation "
                         "split at the selection seeds (1000 and up; one lr per method): to "
@@ -139,7 +142,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.full:
         base = replace(base, **FULL)  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
-    for name in ("task", "recipe", "eps", "eval_split", "init_draws", "seeds",
+    for name in ("task", "recipe", "eps", "head_lr", "eval_split", "init_draws", "seeds",
                  "selection_seeds", "steps", "max_length", "val_size", "model",
                  "workers", "device"):  # fmt: skip
         value = getattr(args, name)
@@ -199,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
           + ("" if baseline is None else f"; test majority class {baseline:.3f}"))
     print(f"recipe {settings.recipe}: {settings.run_steps} steps of batch {settings.batch_size} "
           f"(all n if n < {settings.batch_size}), {settings.max_length} tokens; head lr "
-          f"{DEFAULT_HEAD_LR:g}")  # fmt: skip
+          f"{settings.run_head_lr:g}" + (" (kept at its random init)"
+                                         if settings.run_head_lr == 0 else ""))  # fmt: skip
     for method in settings.methods:
         config = finetune_config(settings, Job(settings.eval_split, method, 16,
                                                settings.base_rank, 0, 1.0))  # fmt: skip

@@ -43,14 +43,16 @@ DEFAULT_LR: dict[str, float] = {"deep-lora": ADAPTER_LR, "lora": 5e-4, "full": 2
 DEFAULT_INIT_SCALE: dict[str, float] = {k: ADAPTER_INIT_SCALE[k] for k in ADAPTER_INITS}
 # Learning rate of the new task head when ``head_lr`` is None, the same for every adapter
 # method: the head starts at random and must train (at 1e-4 it hardly moves in 100 steps).
+# ``head_lr = 0`` keeps it at its random init, so only the adapter learns.
 DEFAULT_HEAD_LR = 1e-3
 
 # The paper's few-shot recipe (docs/METHOD.md 4.1), for every method: every dense layer of the
 # transformer blocks adapted (attention and MLP), Deep LoRA at eps 1e-3, lr 1e-4, 1000 AdamW
-# steps of batch 16; compressed Deep LoRA's inner factors at lr 1e-2 and its outer ones at
+# steps of batch 16, only the adapter trained (the task head stays at its random init, as in
+# the authors' runs); compressed Deep LoRA's inner factors at lr 1e-2 and its outer ones at
 # gamma = 1e-2 times that.
 PAPER_RECIPE: dict[str, Any] = {"target_modules": "attention-mlp", "lr": PAPER_LR,
-                                "steps": 1000, "batch_size": 16}  # fmt: skip
+                                "steps": 1000, "batch_size": 16, "head_lr": 0.0}  # fmt: skip
 PAPER_DEEP = {"init_scale": PAPER_INIT_SCALE}
 PAPER_COMPRESSED = {"init_scale": PAPER_INIT_SCALE, "lr": 1e-2, "gamma": 1e-2}
 
@@ -85,7 +87,7 @@ class FinetuneConfig:
     lora_init: LoraInit = "peft"
     # --- optimizer and loop (docs/METHOD.md 4)
     lr: float | None = None  # None: DEFAULT_LR[method] (DEFAULT_COMPRESSED_LR if compressed)
-    head_lr: float | None = None  # None: DEFAULT_HEAD_LR (or lr, for "full")
+    head_lr: float | None = None  # None: DEFAULT_HEAD_LR (or lr, for "full"); 0: frozen
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-6
     weight_decay: float = 0.0
@@ -153,7 +155,7 @@ class FinetuneConfig:
         _number("gamma", self.gamma, low=0.0)
         _number("lora_alpha", self.lora_alpha, low=0.0, open_low=True)
         _number("lr", self.lr, low=0.0, open_low=True, allow_none=True)
-        _number("head_lr", self.head_lr, low=0.0, open_low=True, allow_none=True)
+        _number("head_lr", self.head_lr, low=0.0, allow_none=True)
         _number("adam_eps", self.adam_eps, low=0.0, open_low=True)
         _number("weight_decay", self.weight_decay, low=0.0)
         if len(self.betas) != 2:

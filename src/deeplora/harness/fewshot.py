@@ -13,10 +13,11 @@ methods
 recipes
     ``library``: the library's defaults (query and value projections, 100 steps; Deep LoRA at
     eps 3e-2 and its default lr, not tuned here; PEFT LoRA's lr chosen from 1e-4 / 5e-4 / 2e-3;
-    vanilla LoRA's from 3e-5 / 1e-4 / 3e-4). ``paper``: the paper's (attention and MLP layers, eps
-    1e-3, 1000 steps; every method's lr chosen from 3e-5 / 1e-4 / 3e-4 around the paper's 1e-4,
+    vanilla LoRA's from 3e-5 / 1e-4 / 3e-4; the head at lr 1e-3). ``paper``: the paper's
+    (attention and MLP layers, eps 1e-3, 1000 steps, only the adapter trained: the head kept at
+    its random init; every method's lr chosen from 3e-5 / 1e-4 / 3e-4 around the paper's 1e-4,
     compressed Deep LoRA's inner lr from 3e-3 / 1e-2 / 3e-2 with gamma 1e-2). ``--lrs`` sets a
-    method's grid, ``--eps`` Deep LoRA's init scale.
+    method's grid, ``--eps`` Deep LoRA's init scale, ``--head-lr`` the head's lr.
 cells
     n = 16, 64, 256 at rank 8 (score vs n) and the ranks at n = 16 (score vs rank), seeds
     0 .. S-1 for each; the seed sets the sample, the head and adapter init and the data order,
@@ -30,7 +31,8 @@ learning rates
     without the test examples.
 shared loop
     AdamW (betas 0.9, 0.999, eps 1e-6, no weight decay), constant lr, the recipe's steps of
-    batch 16 (all n examples when n < 16), ``--max-length`` tokens; the new head at lr 1e-3.
+    batch 16 (all n examples when n < 16), ``--max-length`` tokens; a new linear head on the
+    mean-pooled last hidden states, at the recipe's head lr.
 
 Reported per cell: the task's score (accuracy, or Pearson r) and a second metric, mean and
 sample standard deviation over seeds; the spread across ranks is max - min of the per-rank
@@ -59,7 +61,13 @@ import torch
 
 from ..errors import UserError
 from ..finetune import FinetuneConfig, finetune
-from ..finetune.config import DEFAULT_COMPRESSED_LR, DEFAULT_LR, RECIPES, recipe_settings
+from ..finetune.config import (
+    DEFAULT_COMPRESSED_LR,
+    DEFAULT_HEAD_LR,
+    DEFAULT_LR,
+    RECIPES,
+    recipe_settings,
+)
 from .fewshot_tasks import FewshotTask, Tables, task_named
 
 if TYPE_CHECKING:
@@ -88,7 +96,7 @@ INIT_SEED_STRIDE = 100_000  # init draw d > 0 of seed s: init_seed = d * stride 
 # init draw, which its key holds): a resumed benchmark must keep them; the rest (ns, ranks,
 # seeds, methods, the lr grids, workers) only decide which runs there are
 RUN_SETTINGS = ("task", "recipe", "model", "steps", "batch_size", "max_length", "val_size",
-                "test_size", "alpha_per_rank", "eps", "device")  # fmt: skip
+                "test_size", "alpha_per_rank", "eps", "head_lr", "device")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class Settings:
     seeds: int = 5  # seeds 0 .. seeds-1 per cell
     lrs: dict[str, tuple[float, ...]] = field(default_factory=dict)  # grids other than GRIDS
     eps: float | None = None  # Deep LoRA's init scale (None: the recipe's)
+    head_lr: float | None = None  # the task head's lr (None: the recipe's; 0: kept at init)
     selection_seeds: int = 1  # seeds per (method, n, lr) of the lr selection (--full: 2)
     init_draws: int = 1  # adapter inits per (cell, seed): the seed's own and draws - 1 others
     eval_split: str = "test"  # "test", or "validation" (selection seeds, one lr per method)
@@ -148,6 +157,8 @@ class Settings:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got "
                                  f"{getattr(self, name)}")  # fmt: skip
+        if self.head_lr is not None and not (math.isfinite(self.head_lr) and self.head_lr >= 0):
+            raise UserError(f"--head-lr must be a number >= 0, got {self.head_lr}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
         if self.max_length < 2:
@@ -177,6 +188,13 @@ class Settings:
     def run_steps(self) -> int:
         return RECIPE_STEPS[self.recipe] if self.steps is None else self.steps
 
+    @property
+    def run_head_lr(self) -> float:
+        """The task head's lr: ``head_lr``, else the recipe's (0 for the paper's: frozen)."""
+        if self.head_lr is not None:
+            return self.head_lr
+        return float(recipe_settings(self.recipe).get("head_lr", DEFAULT_HEAD_LR))
+
     def grid(self, method: str) -> tuple[float, ...]:
         """``method``'s learning rates: one is used as is, several are chosen from."""
         return self.lrs.get(method, GRIDS[self.recipe][method])
@@ -193,6 +211,7 @@ class Settings:
             data[name] = list(data[name])
         data["lrs"] = {m: list(self.grid(m)) for m in self.methods}
         data["steps"] = self.run_steps
+        data["head_lr"] = self.run_head_lr
         return data
 
     @classmethod
@@ -315,6 +334,7 @@ def finetune_config(settings: Settings, job: Job) -> FinetuneConfig:
     fields.update(n=job.n, model=settings.model, method=method, rank=job.rank, lr=job.lr,
                   steps=settings.run_steps, batch_size=settings.batch_size,
                   max_length=settings.max_length, seed=job.seed, init_seed=job.init_seed,
+                  head_lr=settings.run_head_lr,
                   threads=1, progress=False, device=settings.device)  # fmt: skip
     return FinetuneConfig(**fields)
 

@@ -60,7 +60,7 @@ class RunLog:
                 record = _parse(line)
                 if record is not None:  # a line torn by a kill is skipped (run again)
                     self.records[record_key(record)] = record
-            _check_init_scales(path, self.records.values(), settings)
+            _check_records(path, self.records.values(), settings)
             with atomic_open(path) as f:  # without the torn line, so appends start clean
                 f.write("\n".join([lines[0], *map(json.dumps, self.records.values())]) + "\n")
             return
@@ -84,17 +84,20 @@ class RunLog:
         return [j for j in jobs if j.key not in self.records]
 
 
-def _check_init_scales(path: Path, records: Iterable[dict[str, Any]], settings: Settings) -> None:
-    """Deep LoRA's logged runs were made at the eps these settings give (a library version
-    with other defaults made others): they cannot be mixed with new runs."""
+def _check_records(path: Path, records: Iterable[dict[str, Any]], settings: Settings) -> None:
+    """The logged runs were made at the head lr and (Deep LoRA's) eps these settings give (a
+    library version with other defaults made others): they cannot be mixed with new runs."""
     for r in records:
-        if r.get("method") not in DEEP:
-            continue
-        now = finetune_config(settings, job_of(r)).factor_scale
-        if r.get("init_scale") != now:
+        config = finetune_config(settings, job_of(r))
+        if r.get("head_lr") != config.head_learning_rate:
+            raise UserError(f"{path} holds runs with the head at lr {r.get('head_lr')}, not "
+                             f"this benchmark's {config.head_learning_rate:g}: pass --overwrite "
+                             "to start again")  # fmt: skip
+        if r.get("method") in DEEP and r.get("init_scale") != config.factor_scale:
             raise UserError(f"{path} holds {LABELS[r['method']]} runs at eps "
-                             f"{r.get('init_scale')}, not this benchmark's {now:g}: pass "
-                             "--overwrite to start again")  # fmt: skip
+                             f"{r.get('init_scale')}, not this benchmark's "
+                             f"{config.factor_scale:g}: pass --overwrite to start "
+                             "again")  # fmt: skip
 
 
 def _parse(line: str) -> dict[str, Any] | None:
