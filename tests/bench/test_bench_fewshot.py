@@ -298,6 +298,8 @@ def test_settings_are_checked() -> None:
         Settings(ranks=(4, 16))
     with pytest.raises(ValueError, match="--seeds must be >= 1"):
         Settings(seeds=0)
+    with pytest.raises(ValueError, match=r"--head-lr must be a number >= 0, got -0\.1"):
+        Settings(head_lr=-0.1)
     with pytest.raises(ValueError, match="--lrs lora must be positive"):
         Settings(lrs={"lora": (1e-3, -1.0)})
     with pytest.raises(ValueError, match="unknown 'dora'"):
