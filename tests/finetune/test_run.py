@@ -198,6 +198,8 @@ def test_head_lr_zero_keeps_the_head_at_its_init(models: dict[str, Path]) -> Non
         assert heads and all(torch.equal(start[n], end[n]) for n in heads)
         assert any(not torch.equal(start[n], end[n]) for n in start if n not in heads)
         assert runs[5].metrics["head_lr"] == 0.0
+        moved = sum(start[n].numel() for n in start if n not in heads)
+        assert runs[5].metrics["trainable_parameters"] == moved  # the frozen head not counted
 
 
 def test_compressed_init_trains_outer_factors_at_gamma_lr(models: dict[str, Path]) -> None:

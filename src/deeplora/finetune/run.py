@@ -327,6 +327,7 @@ def finetune(
         final, predictions = {}, pd.DataFrame()
     final = runtime.broadcast_object(final, 0, "sharing the final evaluation")
     counts = count_parameters(adapted.model)
+    trained = sum(p.numel() for g in adapted.groups if g["lr"] > 0 for p in g["params"])
     metrics: dict[str, Any] = {
         "task": config.task,
         "method": config.method,
@@ -340,7 +341,7 @@ def finetune(
         "lr": config.learning_rate,
         "head_lr": config.head_learning_rate if task.head else None,
         "init_scale": config.factor_scale if config.method == "deep-lora" else None,
-        "trainable_parameters": counts.trainable,
+        "trainable_parameters": trained,  # a head at head_lr 0 stays at its init
         "total_parameters": counts.total,
         "final_train_loss": float(np.mean(history.loss[-10:])) if history.loss else None,
         "history": history.to_dict(),
