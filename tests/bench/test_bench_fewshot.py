@@ -403,6 +403,8 @@ def test_quick_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert main([*args, "--resume"]) == 0
     again = capsys.readouterr().out
     assert "16 already in" in again and "] test" not in again and "] validation" not in again
+    slowest = max(r["seconds"] for r in runs)  # the estimate now rests on the measured runs
+    assert f"~{slowest:.0f} s on 1 worker(s) (an estimate, the slowest of the 16 runs" in again
     assert json.loads(out.read_text())["cells"] == report["cells"]
 
 

@@ -215,16 +215,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {LABELS[method]}: {config.target_modules}, {what}; lr {grid}"
               + (" (chosen per n on validation)" if method in settings.selected() else ""))
     remaining = pending(settings, log)
-    estimate = remaining * estimate_seconds(settings) / settings.workers
+    per_run = estimate_seconds(settings)
+    basis = (f"from 0.8 s per step of 16 x 64 tokens on one core; less when inputs are shorter "
+             f"than {settings.max_length} tokens")  # fmt: skip
+    if log.records:  # the runs already logged were measured: the slowest bounds the rest
+        per_run = max(float(r["seconds"]) for r in log.records.values())
+        basis = f"the slowest of the {len(log.records)} runs in the log"
+    estimate = remaining * per_run / settings.workers
     selecting = len(selection_jobs(settings))
     print(f"runs: {total_runs} ({selecting} to choose learning rates on the validation split, "
           f"{total_runs - selecting} scored on the {settings.eval_split} split); "
           f"{settings.seeds} seed(s) per cell"
           + (f"; {len(log.records)} already in {runs_path}" if log.records else ""))
     print(f"estimated time: at most about {estimate / 60:.0f} min for {remaining} runs of "
-          f"~{estimate_seconds(settings):.0f} s on {settings.workers} worker(s) (an estimate, "
-          f"from 0.8 s per step of 16 x 64 tokens on one core; less when inputs are shorter "
-          f"than {settings.max_length} tokens)")  # fmt: skip
+          f"~{per_run:.0f} s on {settings.workers} worker(s) (an estimate, {basis})")
     if runs_path is not None:
         print(f"run log: {runs_path} (continue a killed benchmark with --resume)")
     if args.quick:
