@@ -6,6 +6,9 @@ the real MiniLM benchmark)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -406,6 +409,27 @@ def test_quick_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     slowest = max(r["seconds"] for r in runs)  # the estimate now rests on the measured runs
     assert f"~{slowest:.0f} s on 1 worker(s) (an estimate, the slowest of the 16 runs" in again
     assert json.loads(out.read_text())["cells"] == report["cells"]
+
+
+def test_two_worker_processes_give_the_one_process_runs(tmp_path: Path) -> None:
+    """The default parallel path (spawned worker processes) on the real reviews gives the same
+    runs as the in-process one."""
+    pytest.importorskip("peft")
+    model = tiny_bert(tmp_path / "bert")
+    base = ["bench", "fewshot", "--methods", "deep-lora", "--ns", "16", "--ranks", "8",
+            "--seeds", "2", "--steps", "2", "--max-length", "16", "--val-size", "20",
+            "--test-size", "40", "--model", str(model)]  # fmt: skip
+    scores = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.json"
+        code = "import sys; from deeplora.cli import main; sys.exit(main(sys.argv[1:]))"
+        done = subprocess.run([sys.executable, "-c", code, *base, "--workers", str(workers),
+                               "--json", str(out)], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs = json.loads(out.read_text())["runs"]
+        scores[workers] = sorted((r["seed"], r["score"], r["final_train_loss"]) for r in runs)
+    assert len(scores[2]) == 2 and scores[2] == scores[1]
 
 
 def fake_pairs(split: str) -> pd.DataFrame:

@@ -407,6 +407,8 @@ def execute(
                   initargs=(settings, tables)) as pool:  # fmt: skip
         for record in pool.imap_unordered(run_job, jobs):
             done(record)
+        pool.close()  # a clean exit: the pool's terminate() leaks the workers' semaphores
+        pool.join()
 
 
 def all_jobs(settings: Settings) -> tuple[list[Job], int]:
