@@ -41,6 +41,7 @@ _FINETUNE_FIELDS = ("task", "text_column", "pair_column", "label_column", "promp
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from .adapters.config import COMPRESSED_LR_RANK
     from .finetune.config import (
         ADAPTER_INITS,
         DEFAULT_HEAD_LR,
@@ -100,7 +101,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "go on top")
     g = p.add_argument_group("training")
     lrs = ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items())
-    g.add_argument("--lr", type=float, help=f"learning rate (default: {lrs}; compressed 1e-2)")
+    g.add_argument("--lr", type=float,
+                   help=f"learning rate (default: {lrs}; compressed 1e-2, the lr at rank "
+                        f"{COMPRESSED_LR_RANK}: at rank k it trains at lr x "
+                        f"{COMPRESSED_LR_RANK} / k)")
     g.add_argument("--head-lr", type=float,
                    help=f"learning rate of the task head (default {DEFAULT_HEAD_LR:g}; 0 "
                         "keeps it at its random init; --recipe paper: 0)")

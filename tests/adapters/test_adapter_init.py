@@ -18,6 +18,7 @@ from deeplora.adapters import (
     wrap,
 )
 from deeplora.adapters import init as init_module
+from deeplora.errors import UserError
 
 from .conftest import ARCHS, build
 
@@ -49,7 +50,7 @@ def _delta(model: nn.Module) -> torch.Tensor:
 def _max_relative_deviation(wide: nn.Module, comp: nn.Module, loss_fn, steps: int, lr: float):
     """Largest ``||moved_wide - moved_compressed|| / ||moved_wide||`` over ``steps`` SGD steps,
     ``moved = dW(t) - dW(0)``."""
-    opts = [torch.optim.SGD(parameter_groups(m, lr)) for m in (wide, comp)]
+    opts = [torch.optim.SGD(parameter_groups(m, lr, lr_rank=None)) for m in (wide, comp)]
     start = [_delta(wide), _delta(comp)]
     worst = 0.0
     for _ in range(steps):
@@ -134,7 +135,7 @@ def test_gamma_trains_the_outer_factors_and_the_loss_is_fitted() -> None:
     )
     before = [f.detach().clone() for f in comp[0].branch("default").factors]
     start = loss_fn(comp).item()
-    opt = torch.optim.SGD(parameter_groups(comp, lr=0.1))
+    opt = torch.optim.SGD(parameter_groups(comp, lr=0.1, lr_rank=None))
     for _ in range(150):
         opt.zero_grad()
         loss_fn(comp).backward()
@@ -142,6 +143,44 @@ def test_gamma_trains_the_outer_factors_and_the_loss_is_fitted() -> None:
     after = comp[0].branch("default").factors
     assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert loss_fn(comp).item() < 1e-3 * start
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+def test_adams_first_step_moves_each_inner_factor_as_much_at_every_rank(rank: int) -> None:
+    """Adam's first step moves each entry of a ``k x k`` inner factor by its lr (or not at
+    all, where the gradient is exactly 0): at ``lr * 8 / k`` a step of Frobenius norm at most
+    ``8 lr`` whatever ``k``; unscaled (``lr_rank=None``), up to ``k lr``. The outer factors
+    train at ``gamma`` times the inner rate."""
+    base, loss_fn = _least_squares(24, 20, seed=1)
+    lr, gamma = 1e-3, 0.5
+    config = DeepLoraConfig(init="compressed", rank=rank, init_scale=0.3, gamma=gamma,
+                            target_modules=["0"])  # fmt: skip
+    for lr_rank in (8, None):
+        comp = wrap(copy.deepcopy(base), config, loss_fn=loss_fn)
+        branch = comp[0].branch("default")
+        groups = parameter_groups(comp, lr, lr_rank=lr_rank)
+        inner_lr = lr * 8 / rank if lr_rank else lr
+        assert sorted(g["lr"] for g in groups) == pytest.approx([gamma * inner_lr, inner_lr])
+        before = [f.detach().clone() for f in branch.factors]
+        opt = torch.optim.Adam(groups, eps=1e-12)
+        loss_fn(comp).backward()
+        opt.step()
+        for f, b, outer in zip(branch.factors, before, branch.outer, strict=True):
+            if outer:
+                continue
+            step = f.detach() - b
+            assert float(step.abs().max()) == pytest.approx(inner_lr, rel=1e-6)
+            assert float(step.norm()) <= rank * inner_lr * (1 + 1e-6)  # k^2 entries at most
+
+
+def test_parameter_groups_scale_only_compressed_adapters() -> None:
+    model = nn.Sequential(nn.Linear(12, 10), nn.Linear(10, 12))
+    model = wrap(model, DeepLoraConfig(rank=4, target_modules=["0"]))
+    groups = parameter_groups(model, 1e-3)
+    assert [g["lr"] for g in groups] == [1e-3]  # an orthogonal adapter trains at lr, any rank
+    for bad in (0, 2.0, True):
+        with pytest.raises(UserError, match="lr_rank must be a positive int or None"):
+            parameter_groups(model, 1e-3, lr_rank=bad)
 
 
 def test_compressed_init_on_a_transformer_holds_one_gradient_at_a_time(monkeypatch) -> None:

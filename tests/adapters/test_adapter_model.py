@@ -219,7 +219,7 @@ def test_a_few_steps_change_only_the_adapter_and_the_trained_modules(
     assert "trainable parameters" in str(count) and 0 < count.fraction < 1
 
 
-def test_parameter_groups_apply_gamma_to_outer_factors_only() -> None:
+def test_parameter_groups_scale_compressed_adapters_by_rank_and_gamma() -> None:
     arch = ARCHS["bert"]
     model = wrap(
         build(arch),
@@ -227,11 +227,15 @@ def test_parameter_groups_apply_gamma_to_outer_factors_only() -> None:
         loss_fn=arch.loss,
     )
     groups = parameter_groups(model, lr=1e-2, weight_decay=0.5)
-    assert [g["lr"] for g in groups] == [1e-2, pytest.approx(1e-3)]
+    # the head at lr; rank 4: the inner factors at lr * 8 / 4, the outer at gamma times that
+    assert [g["lr"] for g in groups] == [1e-2, pytest.approx(2e-2), pytest.approx(2e-3)]
     assert all(g["weight_decay"] == 0.5 for g in groups)
     n_layers = len(adapter_layers(model))
-    assert len(groups[1]["params"]) == 2 * n_layers  # left and right of every layer
-    assert len(groups[0]["params"]) == 3 * n_layers + 2  # inner factors and the head
+    assert len(groups[0]["params"]) == 2  # the head's weight and bias
+    assert len(groups[1]["params"]) == 3 * n_layers  # the inner factors
+    assert len(groups[2]["params"]) == 2 * n_layers  # left and right of every layer
+    paper = parameter_groups(model, lr=1e-2, lr_rank=None)  # the paper's: inner factors at lr
+    assert [g["lr"] for g in paper] == [1e-2, pytest.approx(1e-2), pytest.approx(1e-3)]
 
 
 # ----------------------------------------------------------------------------- several adapters

@@ -16,10 +16,12 @@ semi-orthogonal matrix, no alpha) added to frozen ``nn.Linear`` / ``Conv1D`` lay
 
 ``DeepLoraConfig.paper()`` is the paper's eps 1e-3, to train at ``PAPER_LR`` (1e-4).
 ``init="compressed"`` (rank even) also needs ``loss_fn=lambda m: loss on one batch`` in
-:func:`wrap`; its outer factors then train at ``gamma * lr`` through :func:`parameter_groups`.
+:func:`wrap`; through :func:`parameter_groups` it trains at ``lr * 8 / rank`` (outer factors
+at ``gamma`` times that).
 """
 
 from .config import (
+    COMPRESSED_LR_RANK,
     DEFAULT_COMPRESSED_LR,
     DEFAULT_INIT_SCALE,
     DEFAULT_LR,
@@ -53,6 +55,7 @@ from .pretrained import DeepLoraModel
 from .rank import LayerTruncation, effective_ranks, singular_values, truncate
 
 __all__ = [
+    "COMPRESSED_LR_RANK",
     "DEFAULT_COMPRESSED_LR",
     "DEFAULT_INIT_SCALE",
     "DEFAULT_LR",

@@ -44,6 +44,9 @@ FACTOR_INITS: tuple[str, ...] = ("orthogonal", "identity")
 DEFAULT_INIT_SCALE: dict[str, float] = {"orthogonal": 3e-2, "compressed": 1e-3, "wide": 1e-3}
 DEFAULT_LR = 1e-3
 DEFAULT_COMPRESSED_LR = 1e-2
+# A compressed adapter's lr is the one for rank COMPRESSED_LR_RANK: at rank k its factors train
+# at lr * COMPRESSED_LR_RANK / k (docs/METHOD.md 4.2; adapters.model.parameter_groups).
+COMPRESSED_LR_RANK = 8
 # The paper's setting (docs/METHOD.md 4.1): DeepLoraConfig.paper(), trained at PAPER_LR.
 PAPER_INIT_SCALE = 1e-3
 PAPER_LR = 1e-4

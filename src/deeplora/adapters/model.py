@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .config import DeepLoraConfig
+from .config import COMPRESSED_LR_RANK, DeepLoraConfig
 from .init import compressed_branches
 from .layer import (
     DeepLoraBranch,
@@ -313,29 +313,45 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
 
 def parameter_groups(
-    model: nn.Module, lr: float, *, weight_decay: float = 0.0
+    model: nn.Module,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    lr_rank: int | None = COMPRESSED_LR_RANK,
 ) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: everything trainable at ``lr``, except the outer factors of
-    compressed adapters at ``gamma * lr`` (docs/METHOD.md 3.1; ``gamma`` from each adapter's
-    config). Pass the result to any ``torch.optim`` optimizer."""
+    """Optimizer parameter groups: everything trainable at ``lr``, except compressed adapters.
+
+    A compressed adapter of rank ``k`` trains its inner factors at ``lr * lr_rank / k`` and its
+    outer ones at ``gamma`` times that (docs/METHOD.md 4.2; ``gamma`` from each adapter's
+    config). Adam moves every entry of a ``k x k`` inner factor by about ``lr`` a step, so the
+    step's norm grows with ``k``; the ``lr_rank / k`` keeps one ``lr`` right at every rank.
+    ``lr_rank=None`` trains them at ``lr`` as the paper does (the exact wide/compressed
+    correspondence under gradient descent). Pass the result to any ``torch.optim`` optimizer.
+    """
     if not lr > 0:
         raise UserError(f"lr must be > 0, got {lr}")
+    if lr_rank is not None and (isinstance(lr_rank, bool) or not isinstance(lr_rank, int)
+                                or lr_rank < 1):  # fmt: skip
+        raise UserError(f"lr_rank must be a positive int or None, got {lr_rank!r}")
     configs = adapter_configs(model)
-    outer: dict[float, list[nn.Parameter]] = {}
-    outer_ids: set[int] = set()
+    scaled: dict[float, list[nn.Parameter]] = {}  # lr -> the compressed adapters' factors
     for layer in adapter_layers(model).values():
         for name, branch in layer.adapters.items():
             assert isinstance(branch, DeepLoraBranch)
+            if not any(branch.outer):
+                continue
+            config = configs[name]
+            inner_lr = lr if lr_rank is None else lr * lr_rank / config.rank
             for flag, p in zip(branch.outer, branch.factors, strict=True):
-                if flag and p.requires_grad:
-                    outer.setdefault(configs[name].gamma, []).append(p)
-                    outer_ids.add(id(p))
-    main = [p for p in model.parameters() if p.requires_grad and id(p) not in outer_ids]
+                if p.requires_grad:
+                    scaled.setdefault(config.gamma * inner_lr if flag else inner_lr, []).append(p)
+    done = {id(p) for params in scaled.values() for p in params}
+    main = [p for p in model.parameters() if p.requires_grad and id(p) not in done]
     groups: list[dict[str, Any]] = []
     if main:
         groups.append({"params": main, "lr": lr, "weight_decay": weight_decay})
-    for gamma, params in outer.items():
-        groups.append({"params": params, "lr": gamma * lr, "weight_decay": weight_decay})
+    for group_lr, params in sorted(scaled.items(), reverse=True):
+        groups.append({"params": params, "lr": group_lr, "weight_decay": weight_decay})
     if not groups:
         raise UserError("the model has no trainable parameter; wrap() it or set_adapter() first")
     return groups

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import write_json
+from ..adapters.config import COMPRESSED_LR_RANK
 from ..errors import UserError
 from ..finetune.config import RECIPES
 from ..harness.fewshot import (
@@ -213,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
                 if method in DEEP else f"lora_alpha {alpha}, init {config.lora_init}")
         grid = "/".join(f"{v:g}" for v in settings.grid(method))
         print(f"  {LABELS[method]}: {config.target_modules}, {what}; lr {grid}"
+              + (f" (at rank {COMPRESSED_LR_RANK}, x {COMPRESSED_LR_RANK} / rank at others)"
+                 if method == "compressed" else "")
               + (" (chosen per n on validation)" if method in settings.selected() else ""))
     remaining = pending(settings, log)
     per_run = estimate_seconds(settings)

@@ -80,7 +80,9 @@ class FinetuneConfig:
     depth: int = 3  # Deep LoRA: number of factors
     init: FinetuneInit = "orthogonal"  # Deep LoRA: "orthogonal" (the paper's) or "compressed"
     init_scale: float | None = None  # Deep LoRA: eps of the factors; None: DEFAULT_INIT_SCALE
-    gamma: float = 1e-2  # compressed Deep LoRA: the outer factors train at gamma * lr
+    # compressed Deep LoRA: lr is given at rank 8 (the inner factors train at lr * 8 / rank)
+    # and the outer factors train at gamma times that
+    gamma: float = 1e-2
     lora_alpha: float = 8.0  # LoRA: PEFT's default; scaling lora_alpha / rank
     # LoRA: "peft" (PEFT's: A kaiming-uniform, B = 0, scaling lora_alpha / rank) or "paper"
     # (the paper's vanilla LoRA: A ~ N(0, 1), B = 0, scaling 1)
