@@ -405,10 +405,18 @@ def test_quick_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # the run log holds every run: resuming runs nothing again
     assert main([*args, "--resume"]) == 0
     again = capsys.readouterr().out
-    assert "16 already in" in again and "] test" not in again and "] validation" not in again
+    assert "16 of them already in" in again and "] test" not in again
+    assert "] validation" not in again
     slowest = max(r["seconds"] for r in runs)  # the estimate now rests on the measured runs
     assert f"~{slowest:.0f} s on 1 worker(s) (an estimate, the slowest of the 16 runs" in again
     assert json.loads(out.read_text())["cells"] == report["cells"]
+    # a smaller benchmark on the same log counts its own runs: 2 of its 3 are logged
+    third = ["--methods", "deep-lora", "--ns", "16", "--ranks", "8", "--seeds", "3"]
+    third += ["--json", str(tmp_path / "third.json"), "--runs", str(out.with_suffix(".runs.jsonl"))]
+    assert main([*args, "--resume", *third]) == 0
+    again = capsys.readouterr().out
+    assert "runs: 3 (0 to choose" in again and "2 of them already in" in again
+    assert "[3/3] test Deep LoRA n=16 r=8 seed 2" in again
 
 
 def test_two_worker_processes_give_the_one_process_runs(tmp_path: Path) -> None:

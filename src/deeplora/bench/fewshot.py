@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"runs: {total_runs} ({selecting} to choose learning rates on the validation split, "
           f"{total_runs - selecting} scored on the {settings.eval_split} split); "
           f"{settings.seeds} seed(s) per cell"
-          + (f"; {len(log.records)} already in {runs_path}" if log.records else ""))
+          + (f"; {total_runs - remaining} of them already in {runs_path}"
+             if total_runs > remaining else ""))
     print(f"estimated time: at most about {estimate / 60:.0f} min for {remaining} runs of "
           f"~{per_run:.0f} s on {settings.workers} worker(s) (an estimate, {basis})")
     if runs_path is not None:
@@ -237,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         print("note: --quick is a smoke run; its numbers say little about the methods")
     start = time.perf_counter()
-    finished = len(log.records)
+    finished = total_runs - remaining  # this benchmark's runs the log already holds
     fresh = 0
 
     def done(record: dict[str, Any]) -> None:  # after run_benchmark logged it
