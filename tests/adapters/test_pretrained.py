@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deeplora.adapters import DeepLoraConfig, DeepLoraModel
+from deeplora.adapters import DeepLoraConfig, DeepLoraModel, parameter_groups
 from deeplora.adapters.io import META_NAME
 
 from .conftest import ARCHS, Arch, build, perturb
@@ -61,6 +61,16 @@ def test_adapters_switch_merge_and_unload() -> None:
         merged = model.merge_and_unload()
         assert not any("Deep" in type(m).__name__ for m in merged.modules())
         torch.testing.assert_close(arch.logits(merged), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_groups_of_a_compressed_deep_lora_model() -> None:
+    """``optimizers=(AdamW(parameter_groups(model, lr)), None)`` gives a ``Trainer`` the
+    compressed adapter's rates: inner factors at lr * 8 / rank, outer at gamma times that."""
+    arch = ARCHS["bert"]
+    config = DeepLoraConfig(init="compressed", rank=4, modules_to_train=["classifier"])
+    model = DeepLoraModel(build(arch), config, loss_fn=arch.loss)
+    lrs = [g["lr"] for g in parameter_groups(model, 1e-2)]
+    assert lrs == [1e-2, pytest.approx(2e-2), pytest.approx(2e-4)]
 
 
 def test_generate_uses_the_adapter() -> None:

@@ -333,7 +333,9 @@ def parameter_groups(
     if lr_rank is not None and (isinstance(lr_rank, bool) or not isinstance(lr_rank, int)
                                 or lr_rank < 1):  # fmt: skip
         raise UserError(f"lr_rank must be a positive int or None, got {lr_rank!r}")
-    configs = adapter_configs(model)
+    configs: dict[str, DeepLoraConfig] = {}
+    for module in model.modules():  # the wrapped model may be inside (a DeepLoraModel)
+        configs.update(adapter_configs(module))
     scaled: dict[float, list[nn.Parameter]] = {}  # lr -> the compressed adapters' factors
     for layer in adapter_layers(model).values():
         for name, branch in layer.adapters.items():
