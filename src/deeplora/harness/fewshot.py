@@ -69,6 +69,7 @@ from ..finetune.config import (
     recipe_settings,
 )
 from .fewshot_tasks import FewshotTask, Tables, task_named
+from .machine import exit_with_parent
 
 if TYPE_CHECKING:
     from .fewshot_log import RunLog
@@ -350,6 +351,11 @@ def _init_worker(settings: Settings, tables: Tables) -> None:
     _TABLES, _SETTINGS = tables, settings
 
 
+def _init_pool_worker(settings: Settings, tables: Tables, parent: int) -> None:
+    exit_with_parent(parent)  # a killed benchmark takes its workers with it
+    _init_worker(settings, tables)
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """One run in this (worker) process: its metrics as one JSON-able record; ``score`` is
     the task's metric (accuracy, or Pearson r)."""
@@ -403,8 +409,8 @@ def execute(
             torch.set_num_threads(threads)
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(min(settings.workers, len(jobs)), initializer=_init_worker,
-                  initargs=(settings, tables)) as pool:  # fmt: skip
+    with ctx.Pool(min(settings.workers, len(jobs)), initializer=_init_pool_worker,
+                  initargs=(settings, tables, os.getpid())) as pool:  # fmt: skip
         for record in pool.imap_unordered(run_job, jobs):
             done(record)
         pool.close()  # a clean exit: the pool's terminate() leaks the workers' semaphores

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -165,7 +166,10 @@ class PeakMemory:
 
 
 # --------------------------------------------------------------------------- isolation
-def _child(conn: Any, threads: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _child(
+    conn: Any, parent: int, threads: int, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
+    exit_with_parent(parent)
     torch.set_num_threads(threads)
     try:
         conn.send(("ok", fn(*args)))
@@ -173,6 +177,20 @@ def _child(conn: Any, threads: int, fn: Callable[..., Any], args: tuple[Any, ...
         conn.send(("error", e))
     finally:
         conn.close()
+
+
+def exit_with_parent(parent: int, poll_s: float = 2.0) -> None:
+    """End this (worker) process within ``poll_s`` seconds of the death of ``parent`` (the
+    pid its parent passed it, so a parent that died before this call counts). A worker
+    whose benchmark was killed would otherwise finish its current run, up to many minutes
+    of CPU, and slow the benchmark's resumed run beside it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def run_isolated(fn: Callable[..., Any], *args: Any, isolate: bool = True) -> Any:
@@ -183,7 +201,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, isolate: bool = True) -> An
         return fn(*args)
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, torch.get_num_threads(), fn, args))
+    proc = ctx.Process(target=_child, args=(send, os.getpid(), torch.get_num_threads(), fn, args))
     proc.start()
     send.close()
     try:
