@@ -218,13 +218,14 @@ def run(args: argparse.Namespace) -> int:
                  if method == "compressed" else "")
               + (" (chosen per n on validation)" if method in settings.selected() else ""))
     remaining = pending(settings, log)
-    per_run = estimate_seconds(settings)
-    basis = (f"from 0.8 s per step of 16 x 64 tokens on one core; less when inputs are shorter "
-             f"than {settings.max_length} tokens")  # fmt: skip
+    per_run, bound = estimate_seconds(settings), "about"
+    basis = ("from 0.8 s per step of 16 x 64 tokens on one core, the reviews' average; runs "
+             "vary with the machine and the inputs' length")  # fmt: skip
     if log.records:  # the runs already logged were measured: the slowest bounds the rest,
         # by its CPU time: its wall time also counts whatever else shared the cores then
         per_run = max(float(r.get("cpu_seconds", r["seconds"])) for r in log.records.values())
         basis = f"the slowest of the {len(log.records)} runs in the log, by its CPU time"
+        bound = "at most about"
     estimate = remaining * per_run / settings.workers
     selecting = len(selection_jobs(settings))
     print(f"runs: {total_runs} ({selecting} to choose learning rates on the validation split, "
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
           f"{settings.seeds} seed(s) per cell"
           + (f"; {total_runs - remaining} of them already in {runs_path}"
              if total_runs > remaining else ""))
-    print(f"estimated time: at most about {estimate / 60:.0f} min for {remaining} runs of "
+    print(f"estimated time: {bound} {estimate / 60:.0f} min for {remaining} runs of "
           f"~{per_run:.0f} s on {settings.workers} worker(s) (an estimate, {basis})")
     if runs_path is not None:
         print(f"run log: {runs_path} (continue a killed benchmark with --resume)")
